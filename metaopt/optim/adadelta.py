@@ -1,0 +1,51 @@
+"""Adadelta (Zeiler 2012), torch.optim.Adadelta's algorithm."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from metaopt.optim.hyperparams import Hyper
+from metaopt.optim.members import new_step, per_member
+from metaopt.optim.optimizer import MetaOptimizer, State
+
+
+def init(param: Tensor, hp: Mapping[str, Tensor], opts: Mapping[str, Any]) -> State:
+    return {"step": new_step(param, opts["population"]),
+            "square_avg": torch.zeros_like(param, memory_format=torch.preserve_format),
+            "acc_delta": torch.zeros_like(param, memory_format=torch.preserve_format)}
+
+
+def rule(params: list[Tensor], grads: list[Tensor], states: list[State],
+         hp: Mapping[str, Tensor], opts: Mapping[str, Any]) -> None:
+    """Δ = √(E[Δ²] + eps) / √(E[g²] + eps) · g; p -= lr Δ."""
+    for p, g, s in zip(params, grads, states):
+        s["step"].add_(1)
+        g = g + per_member(hp["weight_decay"], p) * p
+        rho, eps = per_member(hp["rho"], p), per_member(hp["eps"], p)
+        one_minus_rho = per_member(1 - hp["rho"], p)
+        square_avg, acc_delta = s["square_avg"], s["acc_delta"]
+        square_avg.mul_(rho).add_(one_minus_rho * g * g)
+        std = square_avg.add(eps).sqrt_()
+        delta = acc_delta.add(eps).sqrt_().div_(std).mul_(g)
+        acc_delta.mul_(rho).add_(one_minus_rho * delta * delta)
+        p.sub_(per_member(hp["lr"], p) * delta)
+
+
+class Adadelta(MetaOptimizer):
+    """Adadelta with torch.optim.Adadelta's arguments, defaults and trajectory."""
+
+    hypers = (Hyper("lr"), Hyper("rho", high=1.0), Hyper("eps"), Hyper("weight_decay"))
+    init = staticmethod(init)
+    rule = staticmethod(rule)
+
+    def __init__(self, params, lr: float | Tensor = 1.0, rho: float = 0.9, eps: float = 1e-6,
+                 weight_decay: float = 0, foreach: bool | None = None, *,
+                 capturable: bool = False, maximize: bool = False,
+                 differentiable: bool = False, population: int | None = None) -> None:
+        defaults = dict(lr=lr, rho=rho, eps=eps, weight_decay=weight_decay, maximize=maximize,
+                        capturable=capturable, foreach=foreach, differentiable=differentiable)
+        super().__init__(params, defaults, population=population)

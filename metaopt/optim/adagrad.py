@@ -1,0 +1,50 @@
+"""Adagrad (Duchi et al. 2011), torch.optim.Adagrad's algorithm."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from metaopt.optim.hyperparams import Hyper
+from metaopt.optim.members import new_step, per_member
+from metaopt.optim.optimizer import MetaOptimizer, State
+
+
+def init(param: Tensor, hp: Mapping[str, Tensor], opts: Mapping[str, Any]) -> State:
+    start = per_member(hp["initial_accumulator_value"], param)
+    return {"step": new_step(param, opts["population"]),
+            "sum": torch.zeros_like(param, memory_format=torch.preserve_format).add_(start)}
+
+
+def rule(params: list[Tensor], grads: list[Tensor], states: list[State],
+         hp: Mapping[str, Tensor], opts: Mapping[str, Any]) -> None:
+    """sum += g²; p -= lr / (1 + (t - 1) lr_decay) * g / (√sum + eps)."""
+    for p, g, s in zip(params, grads, states):
+        step = s["step"].add_(1)
+        g = g + per_member(hp["weight_decay"], p) * p
+        clr = hp["lr"] / (1 + (step - 1) * hp["lr_decay"])
+        s["sum"].addcmul_(g, g)
+        std = s["sum"].sqrt().add_(per_member(hp["eps"], p))
+        p.sub_(per_member(clr, p) * (g / std))
+
+
+class Adagrad(MetaOptimizer):
+    """Adagrad with torch.optim.Adagrad's arguments, defaults and trajectory."""
+
+    hypers = (Hyper("lr"), Hyper("lr_decay"), Hyper("weight_decay"),
+              Hyper("initial_accumulator_value"), Hyper("eps"))
+    init = staticmethod(init)
+    rule = staticmethod(rule)
+
+    def __init__(self, params, lr: float | Tensor = 1e-2, lr_decay: float = 0,
+                 weight_decay: float = 0, initial_accumulator_value: float = 0,
+                 eps: float = 1e-10, foreach: bool | None = None, *, maximize: bool = False,
+                 differentiable: bool = False, fused: bool | None = None,
+                 population: int | None = None) -> None:
+        defaults = dict(lr=lr, lr_decay=lr_decay, eps=eps, weight_decay=weight_decay,
+                        initial_accumulator_value=initial_accumulator_value, foreach=foreach,
+                        maximize=maximize, differentiable=differentiable, fused=fused)
+        super().__init__(params, defaults, population=population)

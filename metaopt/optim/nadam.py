@@ -1,0 +1,72 @@
+"""NAdam (Dozat 2016): Adam with Nesterov momentum and a momentum-decay schedule."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from metaopt.optim.adam import BETAS, apply_weight_decay
+from metaopt.optim.hyperparams import Hyper
+from metaopt.optim.members import new_step, per_member
+from metaopt.optim.optimizer import MetaOptimizer, State
+
+
+def init(param: Tensor, hp: Mapping[str, Tensor], opts: Mapping[str, Any]) -> State:
+    step = new_step(param, opts["population"])
+    return {"step": step, "mu_product": torch.ones_like(step),
+            "exp_avg": torch.zeros_like(param, memory_format=torch.preserve_format),
+            "exp_avg_sq": torch.zeros_like(param, memory_format=torch.preserve_format)}
+
+
+def rule(params: list[Tensor], grads: list[Tensor], states: list[State],
+         hp: Mapping[str, Tensor], opts: Mapping[str, Any]) -> None:
+    """Adam's moments; the step mixes the gradient and the momentum with weights μₜ, μₜ₊₁."""
+    lr, beta1, beta2 = hp["lr"], hp["beta1"], hp["beta2"]
+    for p, g, s in zip(params, grads, states):
+        step = s["step"].add_(1)
+        bias_correction2 = 1 - beta2**step
+        g = apply_weight_decay(p, g, hp, opts["decoupled_weight_decay"])
+        mu = beta1 * (1.0 - 0.5 * 0.96 ** (step * hp["momentum_decay"]))
+        mu_next = beta1 * (1.0 - 0.5 * 0.96 ** ((step + 1) * hp["momentum_decay"]))
+        mu_product = s["mu_product"]
+        mu_product.mul_(mu.to(mu_product.dtype))  # torch keeps this product in float32
+        exp_avg, exp_avg_sq = s["exp_avg"], s["exp_avg_sq"]
+        exp_avg.lerp_(g, per_member(1 - beta1, p))
+        exp_avg_sq.mul_(per_member(beta2, p)).add_(per_member(1 - beta2, p) * g * g)
+        denom = exp_avg_sq.div(per_member(bias_correction2, p)).sqrt().add_(
+            per_member(hp["eps"], p))
+        product = mu_product.to(mu.dtype)
+        grad_weight = -lr * (1.0 - mu) / (1.0 - product)
+        avg_weight = -lr * mu_next / (1.0 - product * mu_next)
+        p.add_(per_member(grad_weight, p) * (g / denom))
+        p.add_(per_member(avg_weight, p) * (exp_avg / denom))
+
+
+class NAdam(MetaOptimizer):
+    """NAdam with torch.optim.NAdam's arguments, defaults and trajectory."""
+
+    hypers = (Hyper("lr"), BETAS, Hyper("eps"), Hyper("weight_decay"),
+              Hyper("momentum_decay"))
+    init = staticmethod(init)
+    rule = staticmethod(rule)
+
+    def __init__(self, params, lr: float | Tensor = 2e-3,
+                 betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8,
+                 weight_decay: float = 0, momentum_decay: float = 4e-3,
+                 decoupled_weight_decay: bool = False, *, foreach: bool | None = None,
+                 maximize: bool = False, capturable: bool = False,
+                 differentiable: bool = False, population: int | None = None) -> None:
+        defaults = dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay,
+                        momentum_decay=momentum_decay,
+                        decoupled_weight_decay=decoupled_weight_decay, maximize=maximize,
+                        foreach=foreach, capturable=capturable, differentiable=differentiable)
+        super().__init__(params, defaults, population=population)
+
+    def adopt_state(self, param, state, group) -> None:
+        super().adopt_state(param, state, group)
+        shape = state["step"].shape
+        state["mu_product"] = torch.as_tensor(state["mu_product"]).to(
+            dtype=state["step"].dtype, device=param.device).expand(shape).clone()

@@ -1,0 +1,214 @@
+"""The ``torch.optim.Optimizer`` facade over metaopt's functional update rules.
+
+Each optimizer class names its tensor hyperparameters (``hypers``), a state initialiser and
+an update rule; this base class does the rest the way torch users expect: ``param_groups``,
+``state_dict``/``load_state_dict`` (compatible with torch.optim's in both directions), hooks,
+``zero_grad``, closures, torch ``lr_scheduler``s — plus populations: a group with
+``population=P`` holds ``[P, ...]`` parameters stepped as P independent members, each of which
+can be reset or overwritten from another.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any, ClassVar
+
+import torch
+from torch import Tensor
+
+from metaopt.optim.hyperparams import SCHEDULER_KEYS, Hyper, HyperGroup, _to_plain
+
+State = dict[str, Any]
+InitFn = Callable[[Tensor, Mapping[str, Tensor], Mapping[str, Any]], State]
+UpdateFn = Callable[[list[Tensor], list[Tensor], list[State], Mapping[str, Tensor],
+                     Mapping[str, Any]], None]
+
+
+def _scalar_dtype() -> torch.dtype:
+    return torch.float64 if torch.get_default_dtype() == torch.float64 else torch.float32
+
+
+class MetaOptimizer(torch.optim.Optimizer):
+    """Base class: a torch optimizer whose hyperparameters are tensors.
+
+    Subclasses set ``hypers``, ``init`` (``(param, hparams, options) -> state``) and ``rule``
+    (``(params, grads, states, hparams, options) -> None``, updating in place and never
+    reading a tensor value into Python) as static functions.
+    """
+
+    hypers: ClassVar[tuple[Hyper, ...]] = ()
+    init: ClassVar[InitFn]
+    rule: ClassVar[UpdateFn]
+    needs_closure: ClassVar[bool] = False
+    needs_model: ClassVar[bool] = False
+    supports_population: ClassVar[bool] = True
+
+    def __init__(self, params: Iterable, defaults: dict[str, Any], *,
+                 population: int | None = None) -> None:
+        if defaults.get("differentiable"):
+            raise ValueError(
+                f"{type(self).__name__}: differentiable=True is not supported; metaopt steps "
+                f"run under no_grad. For meta-gradients through updates use the functional "
+                f"rules (metaopt.optim.<module>.rule) under torch.func, as learned.meta_train does"
+            )
+        defaults = dict(defaults, population=population)
+        super().__init__(params, defaults)
+
+    # -- groups -------------------------------------------------------------------------
+    def add_param_group(self, param_group: dict[str, Any]) -> None:
+        super().add_param_group(param_group)
+        plain = self.param_groups.pop()
+        where = f"{type(self).__name__} (param group {len(self.param_groups)})"
+        group = HyperGroup(plain, self.hypers, where)
+        self.check_group(group)
+        group.listeners.append(self.on_write)
+        self.param_groups.append(group)
+
+    def check_group(self, group: HyperGroup) -> None:
+        """Cross-field checks of one group (override); raise ValueError saying why."""
+
+    def on_write(self, group: HyperGroup, key: str) -> None:
+        """Called after ``group[key] = value`` wrote new hyperparameter values (override)."""
+
+    @property
+    def hparams(self) -> list[dict[str, Tensor | None]]:
+        """Per group, the hyperparameter tensors by flat name (``lr``, ``beta1``, ...).
+
+        Write into them in place (``opt.hparams[0]["lr"].fill_(3e-4)``) or assign through
+        ``param_groups``; both reach the step without recompiling.
+        """
+        return [g.hparams for g in self.param_groups]
+
+    @staticmethod
+    def options(group: HyperGroup) -> dict[str, Any]:
+        """The group's static (non-tensor) settings, as the update rule sees them."""
+        skip = set(group.spec) | {"params", "param_names", *SCHEDULER_KEYS}
+        return {k: v for k, v in group.items() if k not in skip}
+
+    # -- stepping -----------------------------------------------------------------------
+    @torch.no_grad()
+    def step(self, closure: Callable[[], Any] | None = None) -> Any:
+        """Perform one optimization step (evaluating ``closure`` first when given)."""
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for group in self.param_groups:
+            params, grads, states = self._gather(group)
+            if params:
+                type(self).rule(params, grads, states, group.hparams, self.options(group))
+        return loss
+
+    def _gather(self, group: HyperGroup) -> tuple[list[Tensor], list[Tensor], list[State]]:
+        params, grads, states = [], [], []
+        opts = None
+        for p in group["params"]:
+            if p.grad is None:
+                continue
+            if p.grad.is_sparse:
+                raise RuntimeError(f"{type(self).__name__} does not support sparse gradients")
+            state = self.state[p]
+            if not state:
+                opts = opts or self.options(group)
+                state.update(type(self).init(p, group.hparams, opts))
+            params.append(p)
+            grads.append(-p.grad if group.get("maximize", False) else p.grad)
+            states.append(state)
+        return params, grads, states
+
+    # -- populations --------------------------------------------------------------------
+    def _population_groups(self) -> list[HyperGroup]:
+        groups = [g for g in self.param_groups if g.population is not None]
+        if not groups:
+            raise ValueError(f"{type(self).__name__} has no population groups "
+                             f"(construct it with population=P)")
+        return groups
+
+    @staticmethod
+    def _check_member(group: HyperGroup, i: int) -> None:
+        if not 0 <= i < group.population:
+            raise ValueError(f"member {i} is out of range for population={group.population}")
+
+    @torch.no_grad()
+    def reset_member(self, i: int) -> None:
+        """Forget member ``i``'s optimizer state: moments, step count and the like start
+        afresh, as for a new optimizer. Other members are untouched. (Re-initialising the
+        member's *weights* is up to the caller, who knows how the model is built.)"""
+        for group in self._population_groups():
+            self._check_member(group, i)
+            hp = {k: (None if v is None else v[i:i + 1]) for k, v in group.hparams.items()}
+            opts = dict(self.options(group), population=1)
+            for p in group["params"]:
+                state = self.state.get(p)
+                if not state:
+                    continue
+                fresh = type(self).init(p[i:i + 1], hp, opts)
+                for key, value in fresh.items():
+                    state[key][i:i + 1].copy_(value)
+
+    @torch.no_grad()
+    def copy_member(self, src: int, dst: int, *, params: bool = True, state: bool = True,
+                    hparams: bool = True) -> None:
+        """Overwrite member ``dst`` with member ``src``: its weights, optimizer state (step
+        count included) and hyperparameters, each optional (PBT's exploit step)."""
+        for group in self._population_groups():
+            self._check_member(group, src)
+            self._check_member(group, dst)
+            if hparams:
+                for value in group.hparams.values():
+                    if value is not None:
+                        value[dst] = value[src]
+            for p in group["params"]:
+                if params:
+                    p[dst] = p[src]
+                if state:
+                    for value in self.state.get(p, {}).values():
+                        if isinstance(value, Tensor):
+                            value[dst] = value[src]
+
+    # -- checkpoints --------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        """torch.optim's format: 0-d hyperparameters as floats, so torch can load it."""
+        sd = super().state_dict()
+        for group, packed in zip(self.param_groups, sd["param_groups"]):
+            for key in group.spec:
+                if key in packed:
+                    packed[key] = _to_plain(packed[key])
+        return sd
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Load a metaopt or torch.optim state dict; hyperparameters are written into the
+        existing tensors, state tensors moved to each parameter's device."""
+        groups = self.param_groups
+        super().load_state_dict(state_dict)
+        loaded, self.param_groups = self.param_groups, groups
+        for group, plain in zip(groups, loaded):
+            saved_population = plain.get("population", group.population)
+            if saved_population != group.population:
+                raise ValueError(f"{type(self).__name__}: state dict has population="
+                                 f"{saved_population}, this group has {group.population}")
+            for key, value in plain.items():
+                if key not in ("params", "param_names", "population"):
+                    group[key] = value
+            for p in group["params"]:
+                if p in self.state and self.state[p]:
+                    self.adopt_state(p, self.state[p], group)
+
+    def adopt_state(self, param: Tensor, state: State, group: HyperGroup) -> None:
+        """Bring a loaded per-parameter state to this class's conventions (override to add
+        what torch's format lacks). Step counters become tensors on the param's device."""
+        if "step" in state:
+            shape = () if group.population is None else (group.population,)
+            step = torch.as_tensor(state["step"], dtype=_scalar_dtype())
+            state["step"] = step.to(param.device).expand(shape).clone()
+
+    def __repr__(self) -> str:
+        lines = [f"{type(self).__name__} ("]
+        for i, group in enumerate(self.param_groups):
+            lines.append(f"Parameter Group {i}")
+            for key in sorted(group):
+                if key != "params":
+                    value = _to_plain(group[key]) if key in group.spec else group[key]
+                    lines.append(f"    {key}: {value}")
+        lines.append(")")
+        return "\n".join(lines)

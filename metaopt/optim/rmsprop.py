@@ -1,0 +1,75 @@
+"""RMSprop (Hinton's lecture 6e; centered variant of Graves 2013), torch.optim.RMSprop's."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from metaopt.optim.hyperparams import Hyper
+from metaopt.optim.members import new_step, per_member
+from metaopt.optim.optimizer import MetaOptimizer, State
+
+
+def init(param: Tensor, hp: Mapping[str, Tensor], opts: Mapping[str, Any]) -> State:
+    def zeros() -> Tensor:
+        return torch.zeros_like(param, memory_format=torch.preserve_format)
+
+    state = {"step": new_step(param, opts["population"]), "square_avg": zeros()}
+    if opts["uses_momentum"]:
+        state["momentum_buffer"] = zeros()
+    if opts["centered"]:
+        state["grad_avg"] = zeros()
+    return state
+
+
+def rule(params: list[Tensor], grads: list[Tensor], states: list[State],
+         hp: Mapping[str, Tensor], opts: Mapping[str, Any]) -> None:
+    """v = α v + (1 - α) g²; p -= lr * g / (√(v - ḡ²) + eps), optionally through momentum."""
+    for p, g, s in zip(params, grads, states):
+        s["step"].add_(1)
+        g = g + per_member(hp["weight_decay"], p) * p
+        alpha = per_member(hp["alpha"], p)
+        square_avg = s["square_avg"]
+        square_avg.mul_(alpha).add_(per_member(1 - hp["alpha"], p) * g * g)
+        if opts["centered"]:
+            grad_avg = s["grad_avg"].lerp_(g, per_member(1 - hp["alpha"], p))
+            avg = (square_avg - grad_avg * grad_avg).sqrt_()
+        else:
+            avg = square_avg.sqrt()
+        avg = avg.add_(per_member(hp["eps"], p))
+        if "momentum_buffer" in s:
+            buf = s["momentum_buffer"]
+            buf.mul_(per_member(hp["momentum"], p)).add_(g / avg)
+            p.sub_(per_member(hp["lr"], p) * buf)
+        else:
+            p.sub_(per_member(hp["lr"], p) * (g / avg))
+
+
+class RMSprop(MetaOptimizer):
+    """RMSprop with torch.optim.RMSprop's arguments, defaults and trajectory.
+
+    As in torch, a momentum buffer exists only if ``momentum`` > 0 (for some member) when the
+    state is created.
+    """
+
+    hypers = (Hyper("lr"), Hyper("alpha"), Hyper("eps"), Hyper("weight_decay"),
+              Hyper("momentum"))
+    init = staticmethod(init)
+    rule = staticmethod(rule)
+
+    def __init__(self, params, lr: float | Tensor = 1e-2, alpha: float = 0.99,
+                 eps: float = 1e-8, weight_decay: float = 0, momentum: float = 0,
+                 centered: bool = False, capturable: bool = False,
+                 foreach: bool | None = None, maximize: bool = False,
+                 differentiable: bool = False, *, population: int | None = None) -> None:
+        defaults = dict(lr=lr, momentum=momentum, alpha=alpha, eps=eps, centered=centered,
+                        weight_decay=weight_decay, capturable=capturable, foreach=foreach,
+                        maximize=maximize, differentiable=differentiable)
+        super().__init__(params, defaults, population=population)
+
+    def check_group(self, group) -> None:
+        uses = bool((group.hparams["momentum"] > 0).any())
+        dict.__setitem__(group, "uses_momentum", group.get("uses_momentum") or uses)

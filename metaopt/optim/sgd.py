@@ -1,0 +1,90 @@
+"""SGD with momentum, dampening, Nesterov and weight decay (torch.optim.SGD's algorithm)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from metaopt.optim.hyperparams import Hyper
+from metaopt.optim.members import new_step, per_member
+from metaopt.optim.optimizer import MetaOptimizer, State
+
+
+def init(param: Tensor, hp: Mapping[str, Tensor], opts: Mapping[str, Any]) -> State:
+    state = {"step": new_step(param, opts["population"])}
+    if opts["uses_momentum"]:
+        state["momentum_buffer"] = torch.zeros_like(param, memory_format=torch.preserve_format)
+    return state
+
+
+def rule(params: list[Tensor], grads: list[Tensor], states: list[State],
+         hp: Mapping[str, Tensor], opts: Mapping[str, Any]) -> None:
+    """p -= lr * d, where d is the gradient (plus weight decay) or its momentum average.
+
+    The first step of a momentum buffer copies the gradient (as torch does); members are
+    told apart by their own step counts, so a reset member restarts its buffer.
+    """
+    lr, momentum, dampening, wd = hp["lr"], hp["momentum"], hp["dampening"], hp["weight_decay"]
+    for p, g, s in zip(params, grads, states):
+        step = s["step"]
+        g = g + per_member(wd, p) * p
+        if "momentum_buffer" in s:
+            buf = s["momentum_buffer"]
+            first = step == 0
+            decay = torch.where(first, 0.0, momentum)
+            damp = torch.where(first | (momentum == 0), 0.0, dampening)
+            buf.mul_(per_member(decay, p)).add_(g * per_member(1 - damp, p))
+            g = g + per_member(momentum, p) * buf if opts["nesterov"] else buf
+        p.sub_(per_member(lr, p) * g)
+        step.add_(1)
+
+
+class SGD(MetaOptimizer):
+    """Stochastic gradient descent, torch.optim.SGD's arguments, defaults and trajectory.
+
+    A momentum buffer is kept when ``momentum`` is non-zero for any member at construction
+    (or is later set non-zero through ``param_groups``), as torch allocates one lazily.
+    """
+
+    hypers = (Hyper("lr"), Hyper("momentum"), Hyper("dampening", low=-float("inf")),
+              Hyper("weight_decay"))
+    init = staticmethod(init)
+    rule = staticmethod(rule)
+
+    def __init__(self, params, lr: float | Tensor = 1e-3, momentum: float = 0,
+                 dampening: float = 0, weight_decay: float | Tensor = 0,
+                 nesterov: bool = False, *, maximize: bool = False,
+                 foreach: bool | None = None, differentiable: bool = False,
+                 fused: bool | None = None, population: int | None = None) -> None:
+        defaults = dict(lr=lr, momentum=momentum, dampening=dampening,
+                        weight_decay=weight_decay, nesterov=nesterov, maximize=maximize,
+                        foreach=foreach, differentiable=differentiable, fused=fused)
+        super().__init__(params, defaults, population=population)
+
+    def check_group(self, group) -> None:
+        nonzero = bool((group.hparams["momentum"] != 0).any())
+        if group["nesterov"] and (not nonzero or bool((group.hparams["dampening"] != 0).any())):
+            raise ValueError(f"{group.owner}: nesterov=True requires momentum > 0 and "
+                             f"dampening = 0 for every member")
+        dict.__setitem__(group, "uses_momentum", group.get("uses_momentum") or nonzero)
+
+    def on_write(self, group, key) -> None:
+        """torch starts using momentum as soon as it is non-zero: do the same."""
+        if key == "momentum" and not group["uses_momentum"]:
+            if bool((group.hparams["momentum"] != 0).any()):
+                dict.__setitem__(group, "uses_momentum", True)
+                for p in group["params"]:
+                    state = self.state.get(p)
+                    if state:
+                        state["momentum_buffer"] = torch.zeros_like(p)
+                        state["step"].zero_()
+
+    def adopt_state(self, param, state, group) -> None:
+        if "step" not in state:  # torch's SGD keeps no step count
+            state["step"] = 1 if state.get("momentum_buffer") is not None else 0
+        if state.get("momentum_buffer", 0) is None:
+            del state["momentum_buffer"]
+        super().adopt_state(param, state, group)
