@@ -150,19 +150,19 @@ class HyperGroup(dict):
             if not isinstance(value, (tuple, list)) or len(value) != len(h.parts):
                 raise ValueError(f"{where}: {key} must be a tuple of {len(h.parts)} values "
                                  f"({', '.join(h.parts)}), got {value!r}")
-            made = []
-            for name, v in zip(h.parts, value):
-                made.append(self._make_one(h, name, v))
-            return tuple(made)
-        return self._make_one(h, key, value)
+            pairs = list(zip(h.parts, value))
+        else:
+            pairs = [(key, value)]
+        for name, v in pairs:
+            self.hparams[name] = self._make_one(h, name, v)
+        values = tuple(self.hparams[n] for n in h.names)
+        return values if h.parts else values[0]
 
     def _make_one(self, h: Hyper, name: str, value: Any) -> Tensor | None:
         if value is None and name in h.optional:
-            self.hparams[name] = None
             return None
         t = as_hparam_tensor(value, name, self.population, self.dtype, self.device, self.owner)
         h.check(name, t, self.owner)
-        self.hparams[name] = t
         return t
 
     # -- in-place writes ----------------------------------------------------------------
@@ -172,25 +172,29 @@ class HyperGroup(dict):
             if not isinstance(value, (tuple, list)) or len(value) != len(h.parts):
                 raise ValueError(f"{self.owner}: {key} must be a tuple of {len(h.parts)} "
                                  f"values ({', '.join(h.parts)}), got {value!r}")
-            pairs = zip(h.parts, value)
+            pairs = list(zip(h.parts, value))
         else:
             pairs = [(key, value)]
         new = {}
         for name, v in pairs:  # validate everything before writing anything
             current = self.hparams[name]
-            if v is None or current is None:
-                if not (v is None and current is None):
-                    raise ValueError(f"{self.owner}: {name} cannot switch between None and a "
-                                     f"number after construction")
-                continue
             if isinstance(v, Tensor) and v is current:
+                continue
+            if v is None or current is None:  # an optional part switching to/from None
+                new[name] = self._make_one(h, name, v)
                 continue
             t = as_hparam_tensor(v, name, self.population, current.dtype, current.device,
                                  self.owner)
             h.check(name, t, self.owner)
             new[name] = t
         for name, t in new.items():
-            self.hparams[name].copy_(t)
+            current = self.hparams[name]
+            if t is None or current is None:
+                self.hparams[name] = t
+            else:
+                current.copy_(t)
+        values = tuple(self.hparams[n] for n in h.names)
+        dict.__setitem__(self, key, values if h.parts else values[0])
         for listener in self.listeners:
             listener(self, key)
 

@@ -16,11 +16,13 @@ def per_member(value: Tensor, like: Tensor) -> Tensor:
     """``value`` (0-d or ``[P]``) shaped to broadcast against ``like`` (``[...]`` or ``[P, ...]``).
 
     0-d values are returned as they are (a 0-d tensor never changes an op's dtype); ``[P]``
-    values are viewed as ``[P, 1, ...]`` in ``like``'s dtype.
+    values are viewed as ``[P, 1, ...]`` (floating values in ``like``'s dtype).
     """
     if value.dim() == 0:
         return value
-    return value.to(like.dtype).view(value.shape[0], *([1] * (like.dim() - 1)))
+    if value.is_floating_point():
+        value = value.to(like.dtype)
+    return value.view(value.shape[0], *([1] * (like.dim() - 1)))
 
 
 def is_population(value: Tensor) -> bool:

@@ -78,7 +78,7 @@ class SGD(MetaOptimizer):
                 dict.__setitem__(group, "uses_momentum", True)
                 for p in group["params"]:
                     state = self.state.get(p)
-                    if state:
+                    if state and "momentum_buffer" not in state:
                         state["momentum_buffer"] = torch.zeros_like(p)
                         state["step"].zero_()
 
