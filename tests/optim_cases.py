@@ -25,6 +25,7 @@ class Case:
     quadratic_steps: int = 300
     matrices_only: bool = False  # Muon: 2-D parameters only
     cycles: str | None = None  # "momentum" / "betas" for OneCycleLR's momentum cycling
+    torch_twin: bool = True  # torch.optim has the same algorithm (parity tests apply)
 
     @property
     def torch_cls(self):
@@ -36,7 +37,7 @@ class Case:
         return self.name
 
 
-CASES = [
+TORCH_CASES = [
     Case("sgd", [{"lr": 0.05}, {"lr": T(0.05), "momentum": 0.9},
                  {"lr": 0.03, "momentum": 0.9, "dampening": 0.2, "weight_decay": 0.1},
                  {"lr": 0.03, "momentum": 0.8, "nesterov": True, "weight_decay": 0.01},
@@ -103,6 +104,10 @@ CASES = [
          cycles="momentum"),
 ]
 
+# Optimizers beyond torch.optim (checked against references written from their papers).
+BEYOND_TORCH_CASES: list[Case] = []
+
+CASES = TORCH_CASES + BEYOND_TORCH_CASES  # every optimizer: invariants and populations
 BY_NAME = {c.name: c for c in CASES}
 
 

@@ -5,7 +5,7 @@ import inspect
 
 import pytest
 import torch
-from optim_cases import CASES, problem, run
+from optim_cases import TORCH_CASES, problem, run
 
 import metaopt
 
@@ -17,7 +17,7 @@ def assert_same(a, b, tol=1e-12):
         torch.testing.assert_close(x.detach(), y.detach(), rtol=tol, atol=tol)
 
 
-@pytest.mark.parametrize("case", CASES, ids=str)
+@pytest.mark.parametrize("case", TORCH_CASES, ids=str)
 def test_signature_matches_torch(case):
     ours = inspect.signature(metaopt.optim.lookup(case.name).__init__).parameters
     theirs = inspect.signature(case.torch_cls.__init__).parameters
@@ -29,7 +29,7 @@ def test_signature_matches_torch(case):
     assert extra <= {"population"}, extra
 
 
-@pytest.mark.parametrize("case", CASES, ids=str)
+@pytest.mark.parametrize("case", TORCH_CASES, ids=str)
 def test_trajectory_matches_torch(case):
     params, loss = problem(case.matrices_only)
     for kwargs in case.variants:
@@ -41,7 +41,7 @@ def test_trajectory_matches_torch(case):
         assert_same(ours, theirs)
 
 
-@pytest.mark.parametrize("case", CASES, ids=str)
+@pytest.mark.parametrize("case", TORCH_CASES, ids=str)
 @pytest.mark.parametrize("direction", ["torch_to_metaopt", "metaopt_to_torch"])
 def test_state_dict_migrates(case, direction):
     params, loss = problem(case.matrices_only)

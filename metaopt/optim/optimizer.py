@@ -11,7 +11,7 @@ can be reset or overwritten from another.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Protocol
 
 import torch
 from torch import Tensor
@@ -19,6 +19,21 @@ from torch import Tensor
 from metaopt.optim.hyperparams import SCHEDULER_KEYS, Hyper, HyperGroup, _to_plain
 
 State = dict[str, Any]
+
+
+class GradientTransform(Protocol):
+    """What :meth:`MetaOptimizer.add_transform` accepts (see :mod:`metaopt.transforms`)."""
+
+    def bind(self, optimizer: MetaOptimizer) -> None: ...
+
+    def __call__(self, params: list[Tensor], grads: list[Tensor],
+                 population: int | None) -> list[Tensor]: ...
+
+    def state_dict(self) -> dict[str, Any]: ...
+
+    def load_state_dict(self, state: dict[str, Any]) -> None: ...
+
+
 InitFn = Callable[[Tensor, Mapping[str, Tensor], Mapping[str, Any]], State]
 UpdateFn = Callable[[list[Tensor], list[Tensor], list[State], Mapping[str, Tensor],
                      Mapping[str, Any]], None]
@@ -52,6 +67,7 @@ class MetaOptimizer(torch.optim.Optimizer):
                 f"rules (metaopt.optim.<module>.rule) under torch.func, as learned.meta_train does"
             )
         defaults = dict(defaults, population=population)
+        self.transforms: list[GradientTransform] = []
         super().__init__(params, defaults)
 
     # -- groups -------------------------------------------------------------------------
@@ -93,11 +109,37 @@ class MetaOptimizer(torch.optim.Optimizer):
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
-        for group in self.param_groups:
-            params, grads, states = self._gather(group)
+        gathered = [(group, *self._gather(group)) for group in self.param_groups]
+        if self.transforms:
+            gathered = self._transform(gathered)
+        for group, params, grads, states in gathered:
             if params:
                 type(self).rule(params, grads, states, group.hparams, self.options(group))
         return loss
+
+    # -- gradient transforms --------------------------------------------------------------
+    def add_transform(self, transform: GradientTransform) -> MetaOptimizer:
+        """Apply ``transform`` to the gradients of every group before each update (in the
+        order added): clipping, noise, ... (see :mod:`metaopt.transforms`). Returns self."""
+        transform.bind(self)
+        self.transforms.append(transform)
+        return self
+
+    def _transform(self, gathered: list) -> list:
+        populations = {group.population for group, params, _, _ in gathered if params}
+        if len(populations) > 1:
+            raise ValueError(f"{type(self).__name__}: gradient transforms need every group to "
+                             f"have the same population, got {sorted(map(str, populations))}")
+        population = populations.pop() if populations else None
+        params = [p for _, ps, _, _ in gathered for p in ps]
+        grads = [g for _, _, gs, _ in gathered for g in gs]
+        for transform in self.transforms:
+            grads = transform(params, grads, population)
+        out, start = [], 0
+        for group, ps, _, states in gathered:
+            out.append((group, ps, grads[start:start + len(ps)], states))
+            start += len(ps)
+        return out
 
     def _gather(self, group: HyperGroup) -> tuple[list[Tensor], list[Tensor], list[State]]:
         params, grads, states = [], [], []
@@ -174,12 +216,20 @@ class MetaOptimizer(torch.optim.Optimizer):
             for key in group.spec:
                 if key in packed:
                     packed[key] = _to_plain(packed[key])
+        if self.transforms:
+            sd["transforms"] = [t.state_dict() for t in self.transforms]
         return sd
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """Load a metaopt or torch.optim state dict; hyperparameters are written into the
         existing tensors, state tensors moved to each parameter's device."""
         groups = self.param_groups
+        saved_transforms = state_dict.get("transforms", [])
+        if len(saved_transforms) != len(self.transforms):
+            raise ValueError(f"{type(self).__name__}: state dict has {len(saved_transforms)} "
+                             f"gradient transforms, this optimizer has {len(self.transforms)}")
+        for transform, saved in zip(self.transforms, saved_transforms):
+            transform.load_state_dict(saved)
         super().load_state_dict(state_dict)
         loaded, self.param_groups = self.param_groups, groups
         for group, plain in zip(groups, loaded):
