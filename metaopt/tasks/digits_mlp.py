@@ -1,0 +1,75 @@
+"""Multi-layer perceptrons on the 8x8 digits (1,347 train / 450 validation images).
+
+``digits_mlp``: 64-64-10 with ReLU, the framework's demo workload. ``digits_mlp_sigmoid``: one
+hidden layer of 20 sigmoid units, the MNIST network of Andrychowicz et al. (2016) scaled to
+digits, used to meta-train the learned optimizer.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from metaopt.tasks import datasets
+from metaopt.tasks.task import Task, module_device
+
+BATCH_SIZE = 128
+
+
+def relu_mlp() -> nn.Module:
+    return nn.Sequential(nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 10))
+
+
+def sigmoid_mlp() -> nn.Module:
+    return nn.Sequential(nn.Linear(64, 20), nn.Sigmoid(), nn.Linear(20, 10))
+
+
+def loss(module: nn.Module, batch: tuple[Tensor, Tensor]) -> Tensor:
+    x, y = batch
+    return F.cross_entropy(module(x), y)
+
+
+def data(generator: torch.Generator) -> Iterator[tuple[Tensor, Tensor]]:
+    split = datasets.digits()
+    return datasets.minibatches(split.x_train, split.y_train, BATCH_SIZE, generator)
+
+
+@torch.no_grad()
+def evaluate(module: nn.Module) -> float:
+    split = datasets.digits()
+    device = module_device(module)
+    return float(loss(module, (split.x_val.to(device), split.y_val.to(device))))
+
+
+def digits_mlp() -> Task:
+    return Task(
+        name="digits_mlp",
+        model=relu_mlp,
+        loss=loss,
+        data=data,
+        evaluate=evaluate,
+        steps=500,
+        default_optimizer="adam",
+        default_hparams={"lr": 1e-3},
+        target=0.15,
+        description="digits MLP 64-64-10 (ReLU), batch 128, validation cross-entropy on 450 images",
+    )
+
+
+def digits_mlp_sigmoid() -> Task:
+    return Task(
+        name="digits_mlp_sigmoid",
+        model=sigmoid_mlp,
+        loss=loss,
+        data=data,
+        evaluate=evaluate,
+        steps=200,
+        default_optimizer="adam",
+        default_hparams={"lr": 1e-2},
+        target=0.2,
+        description="digits MLP 64-20-10 (sigmoid, as in Andrychowicz et al. 2016), batch 128, "
+        "validation cross-entropy on 450 images",
+    )

@@ -1,0 +1,51 @@
+"""Logistic regression on the Wisconsin breast cancer data (30 standardised features)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from metaopt.tasks import datasets
+from metaopt.tasks.task import Task, module_device
+
+BATCH_SIZE = 64
+
+
+def model() -> nn.Module:
+    return nn.Linear(30, 1)
+
+
+def loss(module: nn.Module, batch: tuple[Tensor, Tensor]) -> Tensor:
+    x, y = batch
+    return F.binary_cross_entropy_with_logits(module(x).squeeze(-1), y)
+
+
+def data(generator: torch.Generator) -> Iterator[tuple[Tensor, Tensor]]:
+    split = datasets.breast_cancer()
+    return datasets.minibatches(split.x_train, split.y_train, BATCH_SIZE, generator)
+
+
+@torch.no_grad()
+def evaluate(module: nn.Module) -> float:
+    split = datasets.breast_cancer()
+    device = module_device(module)
+    return float(loss(module, (split.x_val.to(device), split.y_val.to(device))))
+
+
+def logistic_breast_cancer() -> Task:
+    return Task(
+        name="logistic_breast_cancer",
+        model=model,
+        loss=loss,
+        data=data,
+        evaluate=evaluate,
+        steps=300,
+        default_optimizer="adam",
+        default_hparams={"lr": 1e-2},
+        target=0.15,
+        description="logistic regression, breast cancer (455 train / 114 val), batch 64, "
+        "validation binary cross-entropy",
+    )
