@@ -132,7 +132,7 @@ def test_closures_hooks_and_zero_grad():
         return loss
 
     loss = opt.step(closure)
-    assert float(loss) == pytest.approx(13.0)
+    assert float(loss.detach()) == pytest.approx(13.0)
     assert calls == ["pre", "post"]
     opt.zero_grad()
     assert x.grad is None

@@ -26,14 +26,15 @@ def test_signature_matches_torch(case):
         assert ours[name].default == p.default, f"{case.name}.{name} default differs"
         assert ours[name].kind == p.kind, f"{case.name}.{name} kind differs"
     extra = set(ours) - set(theirs)
-    assert extra <= {"population"}, extra
+    assert extra <= {"population", "backend"}, extra
 
 
 @pytest.mark.parametrize("case", TORCH_CASES, ids=str)
-def test_trajectory_matches_torch(case):
+@pytest.mark.parametrize("backend", ["reference", "eager"])
+def test_trajectory_matches_torch(case, backend):
     params, loss = problem(case.matrices_only)
     for kwargs in case.variants:
-        ours, _ = run(lambda ps, kw=kwargs: metaopt.optim.create(case.name, ps,
+        ours, _ = run(lambda ps, kw=kwargs: metaopt.optim.create(case.name, ps, backend=backend,
                                                                   **copy.deepcopy(kw)),
                       params, loss, STEPS)
         theirs, _ = run(lambda ps, kw=kwargs: case.torch_cls(ps, **copy.deepcopy(kw)),

@@ -15,13 +15,14 @@ def assert_member_equal(stacked, i, single, tol=1e-12):
 
 
 @pytest.mark.parametrize("case", CASES, ids=str)
-def test_population_equals_separate_runs(case):
+@pytest.mark.parametrize("backend", ["reference", "eager"])
+def test_population_equals_separate_runs(case, backend):
     stacked, loss, members = stacked_problem(case, P)
-    pop, opt = run(lambda ps: metaopt.optim.create(case.name, ps, population=P,
+    pop, opt = run(lambda ps: metaopt.optim.create(case.name, ps, population=P, backend=backend,
                                                    **population_kwargs(case)),
                    stacked, loss, 10)
     for i, (params, member_loss) in enumerate(members):
-        single, _ = run(lambda ps, i=i: metaopt.optim.create(case.name, ps,
+        single, _ = run(lambda ps, i=i: metaopt.optim.create(case.name, ps, backend="reference",
                                                              **member_kwargs(case, i)),
                         params, member_loss, 10)
         assert_member_equal(pop, i, single)

@@ -41,11 +41,13 @@ class Adadelta(MetaOptimizer):
     hypers = (Hyper("lr"), Hyper("rho", high=1.0), Hyper("eps"), Hyper("weight_decay"))
     init = staticmethod(init)
     rule = staticmethod(rule)
+    elementwise = True
 
     def __init__(self, params, lr: float | Tensor = 1.0, rho: float = 0.9, eps: float = 1e-6,
                  weight_decay: float = 0, foreach: bool | None = None, *,
                  capturable: bool = False, maximize: bool = False,
-                 differentiable: bool = False, population: int | None = None) -> None:
+                 differentiable: bool = False,
+                 population: int | None = None, backend: str = "auto") -> None:
         defaults = dict(lr=lr, rho=rho, eps=eps, weight_decay=weight_decay, maximize=maximize,
                         capturable=capturable, foreach=foreach, differentiable=differentiable)
-        super().__init__(params, defaults, population=population)
+        super().__init__(params, defaults, population=population, backend=backend)

@@ -38,13 +38,14 @@ class Adagrad(MetaOptimizer):
               Hyper("initial_accumulator_value"), Hyper("eps"))
     init = staticmethod(init)
     rule = staticmethod(rule)
+    elementwise = True
 
     def __init__(self, params, lr: float | Tensor = 1e-2, lr_decay: float = 0,
                  weight_decay: float = 0, initial_accumulator_value: float = 0,
                  eps: float = 1e-10, foreach: bool | None = None, *, maximize: bool = False,
                  differentiable: bool = False, fused: bool | None = None,
-                 population: int | None = None) -> None:
+                 population: int | None = None, backend: str = "auto") -> None:
         defaults = dict(lr=lr, lr_decay=lr_decay, eps=eps, weight_decay=weight_decay,
                         initial_accumulator_value=initial_accumulator_value, foreach=foreach,
                         maximize=maximize, differentiable=differentiable, fused=fused)
-        super().__init__(params, defaults, population=population)
+        super().__init__(params, defaults, population=population, backend=backend)

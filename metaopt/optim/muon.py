@@ -83,7 +83,7 @@ class Muon(MetaOptimizer):
                  momentum: float = 0.95, nesterov: bool = True,
                  ns_coefficients: tuple[float, float, float] = (3.4445, -4.775, 2.0315),
                  eps: float = 1e-7, ns_steps: int = 5, adjust_lr_fn: str | None = None, *,
-                 population: int | None = None) -> None:
+                 population: int | None = None, backend: str = "auto") -> None:
         if adjust_lr_fn not in ADJUST_LR_FNS:
             raise ValueError(f"Muon: adjust_lr_fn must be one of {ADJUST_LR_FNS}, "
                              f"got {adjust_lr_fn!r}")
@@ -94,7 +94,7 @@ class Muon(MetaOptimizer):
         defaults = dict(lr=lr, weight_decay=weight_decay, momentum=momentum,
                         nesterov=nesterov, ns_coefficients=tuple(ns_coefficients), eps=eps,
                         ns_steps=ns_steps, adjust_lr_fn=adjust_lr_fn)
-        super().__init__(params, defaults, population=population)
+        super().__init__(params, defaults, population=population, backend=backend)
 
     def check_group(self, group) -> None:
         population = group.population is not None

@@ -16,6 +16,8 @@ from typing import Any, ClassVar, Protocol
 import torch
 from torch import Tensor
 
+from metaopt.optim import backends
+from metaopt.optim.flat import Bucket
 from metaopt.optim.hyperparams import SCHEDULER_KEYS, Hyper, HyperGroup, _to_plain
 
 State = dict[str, Any]
@@ -57,17 +59,21 @@ class MetaOptimizer(torch.optim.Optimizer):
     needs_closure: ClassVar[bool] = False
     needs_model: ClassVar[bool] = False
     supports_population: ClassVar[bool] = True
+    elementwise: ClassVar[bool] = False  # the rule may run on flat buffers (eager/compiled)
 
     def __init__(self, params: Iterable, defaults: dict[str, Any], *,
-                 population: int | None = None) -> None:
+                 population: int | None = None, backend: str = "auto") -> None:
         if defaults.get("differentiable"):
             raise ValueError(
                 f"{type(self).__name__}: differentiable=True is not supported; metaopt steps "
                 f"run under no_grad. For meta-gradients through updates use the functional "
                 f"rules (metaopt.optim.<module>.rule) under torch.func, as learned.meta_train does"
             )
-        defaults = dict(defaults, population=population)
+        defaults = dict(defaults, population=population, backend=backend)
+        backends.resolve(backend, True, 0)  # validates the name
         self.transforms: list[GradientTransform] = []
+        self._buckets: dict[int, list[Bucket]] = {}
+        self._flat_mode: dict[int, str] = {}
         super().__init__(params, defaults)
 
     # -- groups -------------------------------------------------------------------------
@@ -109,13 +115,68 @@ class MetaOptimizer(torch.optim.Optimizer):
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
-        gathered = [(group, *self._gather(group)) for group in self.param_groups]
+        plans = [self._plan(group) for group in self.param_groups]
         if self.transforms:
-            gathered = self._transform(gathered)
-        for group, params, grads, states in gathered:
-            if params:
-                type(self).rule(params, grads, states, group.hparams, self.options(group))
+            self._transform(plans)
+        for plan in plans:
+            plan.run()
         return loss
+
+    def _plan(self, group: HyperGroup) -> _Plan:
+        rule, hp, opts = type(self).rule, group.hparams, self.options(group)
+        buckets = self._flat_buckets(group)
+        if buckets is not None:
+            status = {b.grad_status() for b in buckets}
+            if status == {"none"}:
+                return _Plan(group, "eager", rule, hp, opts, [], [], [])
+            if status != {"all"} or not all(b.uniform for b in buckets):
+                for b in buckets:  # some parameters skip this step: counters will differ
+                    b.uniform = b.uniform and b.grad_status() != "some"
+                buckets = None
+        if buckets is None:
+            params, grads, states = self._gather(group)
+            return _Plan(group, "reference", rule, hp, opts, params, grads, states)
+        for bucket in buckets:
+            bucket.gather_grads()
+        mode = self._flat_mode[id(group)]
+        return _Plan(group, mode, rule, hp, opts, [b.param for b in buckets],
+                     [b.grad for b in buckets], [b.state for b in buckets], buckets,
+                     on_mode=lambda used: self._flat_mode.__setitem__(id(group), used))
+
+    # -- flat buckets (eager / compiled backends) ---------------------------------------
+    def _flat_buckets(self, group: HyperGroup) -> list[Bucket] | None:
+        """The group's buckets, built on first use; None when it runs the reference path."""
+        key = id(group)
+        buckets = self._buckets.get(key)
+        if buckets is not None and all(b.intact() for b in buckets):
+            return buckets
+        params = list(group["params"])
+        numel = sum(p.numel() for p in params)
+        mode = backends.resolve(group["backend"], type(self).elementwise, numel)
+        if mode == "reference" or not params:
+            return None
+        if any(p.grad is not None and p.grad.is_sparse for p in params):
+            raise RuntimeError(f"{type(self).__name__} does not support sparse gradients")
+        by_kind: dict[tuple, list[Tensor]] = {}
+        for p in params:
+            by_kind.setdefault((p.dtype, p.device), []).append(p)
+        opts = self.options(group)
+        buckets = []
+        for members in by_kind.values():
+            bucket = Bucket(members, group.population)
+            bucket.init_state(type(self).init, group.hparams, opts,
+                              [self.state[p] for p in members])
+            buckets.append(bucket)
+        self._buckets[key] = buckets
+        self._flat_mode.setdefault(key, mode)
+        return buckets
+
+    def _invalidate_buckets(self, group: HyperGroup | None = None) -> None:
+        """Rebuild flat buffers at the next step (after a load or a change of state layout)."""
+        if group is None:
+            self._buckets.clear()
+        else:
+            self._buckets.pop(id(group), None)
 
     # -- gradient transforms --------------------------------------------------------------
     def add_transform(self, transform: GradientTransform) -> MetaOptimizer:
@@ -125,21 +186,23 @@ class MetaOptimizer(torch.optim.Optimizer):
         self.transforms.append(transform)
         return self
 
-    def _transform(self, gathered: list) -> list:
-        populations = {group.population for group, params, _, _ in gathered if params}
+    def _transform(self, plans: list[_Plan]) -> None:
+        active = [plan for plan in plans if plan.params]
+        populations = {plan.group.population for plan in active}
         if len(populations) > 1:
             raise ValueError(f"{type(self).__name__}: gradient transforms need every group to "
                              f"have the same population, got {sorted(map(str, populations))}")
         population = populations.pop() if populations else None
-        params = [p for _, ps, _, _ in gathered for p in ps]
-        grads = [g for _, _, gs, _ in gathered for g in gs]
+        flat_ok = all(getattr(t, "flat_ok", False) for t in self.transforms)
+        views = [plan.tensors(per_parameter=not flat_ok) for plan in active]
+        params = [p for ps, _ in views for p in ps]
+        grads = [g for _, gs in views for g in gs]
         for transform in self.transforms:
             grads = transform(params, grads, population)
-        out, start = [], 0
-        for group, ps, _, states in gathered:
-            out.append((group, ps, grads[start:start + len(ps)], states))
+        start = 0
+        for plan, (ps, _) in zip(active, views):
+            plan.set_grads(grads[start:start + len(ps)], per_parameter=not flat_ok)
             start += len(ps)
-        return out
 
     def _gather(self, group: HyperGroup) -> tuple[list[Tensor], list[Tensor], list[State]]:
         params, grads, states = [], [], []
@@ -218,6 +281,13 @@ class MetaOptimizer(torch.optim.Optimizer):
                     packed[key] = _to_plain(packed[key])
         if self.transforms:
             sd["transforms"] = [t.state_dict() for t in self.transforms]
+        seen: set[int] = set()  # flat backends share step counters: give each param its own
+        for state in sd["state"].values():
+            for key, value in state.items():
+                if isinstance(value, Tensor):
+                    if id(value) in seen:
+                        state[key] = value.clone()
+                    seen.add(id(value))
         return sd
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
@@ -230,6 +300,7 @@ class MetaOptimizer(torch.optim.Optimizer):
                              f"gradient transforms, this optimizer has {len(self.transforms)}")
         for transform, saved in zip(self.transforms, saved_transforms):
             transform.load_state_dict(saved)
+        self._invalidate_buckets()
         super().load_state_dict(state_dict)
         loaded, self.param_groups = self.param_groups, groups
         for group, plain in zip(groups, loaded):
@@ -262,3 +333,56 @@ class MetaOptimizer(torch.optim.Optimizer):
                     lines.append(f"    {key}: {value}")
         lines.append(")")
         return "\n".join(lines)
+
+
+class _Plan:
+    """One group's work for one step: its rule over per-parameter tensors (reference) or
+    over flat buckets (eager / compiled)."""
+
+    def __init__(self, group: HyperGroup, mode: str, rule: UpdateFn, hp, opts, params, grads,
+                 states, buckets: list[Bucket] | None = None, on_mode=None) -> None:
+        self.group, self.mode, self.rule, self.hp, self.opts = group, mode, rule, hp, opts
+        self.params, self.grads, self.states = params, grads, states
+        self.buckets, self.on_mode = buckets, on_mode
+
+    def tensors(self, per_parameter: bool) -> tuple[list[Tensor], list[Tensor]]:
+        """(params, grads) as transforms see them: true gradients (maximize applied)."""
+        if self.buckets is None or not per_parameter:
+            grads = self.grads
+            if self.buckets is not None and self.opts.get("maximize", False):
+                grads = [-g for g in grads]
+            return self.params, grads
+        params = [p for b in self.buckets for p in b.params]
+        grads = [b.view(g, p, i) for b, g in zip(self.buckets, self.grads)
+                 for i, p in enumerate(b.params)]
+        if self.opts.get("maximize", False):
+            grads = [-g for g in grads]
+        return params, grads
+
+    def set_grads(self, grads: list[Tensor], per_parameter: bool) -> None:
+        if self.buckets is not None:
+            if per_parameter:
+                lead = 1 if self.group.population else 0
+                merged, start = [], 0
+                for b in self.buckets:
+                    part = grads[start:start + len(b.params)]
+                    merged.append(torch.cat([g.flatten(lead) for g in part], dim=-1))
+                    start += len(b.params)
+                grads = merged
+            if self.opts.get("maximize", False):
+                grads = [-g for g in grads]  # the flat call negates again
+        self.grads = grads
+
+    def run(self) -> None:
+        if not self.params:
+            return
+        if self.buckets is None:
+            self.rule(self.params, self.grads, self.states, self.hp, self.opts)
+            return
+        for bucket, param, grad, state in zip(self.buckets, self.params, self.grads,
+                                              self.states):
+            used = backends.run_flat(self.rule, self.mode, param, grad, state, self.hp,
+                                     self.opts, bucket.scalar_keys)
+            if used != self.mode:
+                self.mode = used
+                self.on_mode(used)

@@ -49,15 +49,16 @@ class RAdam(MetaOptimizer):
     hypers = (Hyper("lr"), BETAS, Hyper("eps"), Hyper("weight_decay"))
     init = staticmethod(init)
     rule = staticmethod(rule)
+    elementwise = True
 
     def __init__(self, params, lr: float | Tensor = 1e-3,
                  betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8,
                  weight_decay: float = 0, decoupled_weight_decay: bool = False, *,
                  foreach: bool | None = None, maximize: bool = False,
                  capturable: bool = False, differentiable: bool = False,
-                 population: int | None = None) -> None:
+                 population: int | None = None, backend: str = "auto") -> None:
         defaults = dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay,
                         maximize=maximize, foreach=foreach, capturable=capturable,
                         decoupled_weight_decay=decoupled_weight_decay,
                         differentiable=differentiable)
-        super().__init__(params, defaults, population=population)
+        super().__init__(params, defaults, population=population, backend=backend)

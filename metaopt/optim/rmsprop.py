@@ -59,16 +59,18 @@ class RMSprop(MetaOptimizer):
               Hyper("momentum"))
     init = staticmethod(init)
     rule = staticmethod(rule)
+    elementwise = True
 
     def __init__(self, params, lr: float | Tensor = 1e-2, alpha: float = 0.99,
                  eps: float = 1e-8, weight_decay: float = 0, momentum: float = 0,
                  centered: bool = False, capturable: bool = False,
                  foreach: bool | None = None, maximize: bool = False,
-                 differentiable: bool = False, *, population: int | None = None) -> None:
+                 differentiable: bool = False, *,
+                 population: int | None = None, backend: str = "auto") -> None:
         defaults = dict(lr=lr, momentum=momentum, alpha=alpha, eps=eps, centered=centered,
                         weight_decay=weight_decay, capturable=capturable, foreach=foreach,
                         maximize=maximize, differentiable=differentiable)
-        super().__init__(params, defaults, population=population)
+        super().__init__(params, defaults, population=population, backend=backend)
 
     def check_group(self, group) -> None:
         uses = bool((group.hparams["momentum"] > 0).any())

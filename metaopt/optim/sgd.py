@@ -53,16 +53,18 @@ class SGD(MetaOptimizer):
               Hyper("weight_decay"))
     init = staticmethod(init)
     rule = staticmethod(rule)
+    elementwise = True
 
     def __init__(self, params, lr: float | Tensor = 1e-3, momentum: float = 0,
                  dampening: float = 0, weight_decay: float | Tensor = 0,
                  nesterov: bool = False, *, maximize: bool = False,
                  foreach: bool | None = None, differentiable: bool = False,
-                 fused: bool | None = None, population: int | None = None) -> None:
+                 fused: bool | None = None,
+                 population: int | None = None, backend: str = "auto") -> None:
         defaults = dict(lr=lr, momentum=momentum, dampening=dampening,
                         weight_decay=weight_decay, nesterov=nesterov, maximize=maximize,
                         foreach=foreach, differentiable=differentiable, fused=fused)
-        super().__init__(params, defaults, population=population)
+        super().__init__(params, defaults, population=population, backend=backend)
 
     def check_group(self, group) -> None:
         nonzero = bool((group.hparams["momentum"] != 0).any())
@@ -76,6 +78,7 @@ class SGD(MetaOptimizer):
         if key == "momentum" and not group["uses_momentum"]:
             if bool((group.hparams["momentum"] != 0).any()):
                 dict.__setitem__(group, "uses_momentum", True)
+                self._invalidate_buckets(group)
                 for p in group["params"]:
                     state = self.state.get(p)
                     if state and "momentum_buffer" not in state:
