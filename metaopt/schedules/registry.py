@@ -88,6 +88,17 @@ def names() -> list[str]:
     return sorted(_FAMILIES)
 
 
+def with_base(spec: Mapping[str, Any], base: Any) -> dict[str, Any]:
+    """``spec`` with ``base_lr=base`` when its schedule takes a base value and the spec gives
+    none: the value comes from the optimizer's hyperparameter, as torch's schedulers take it
+    (``base`` may be a ``[P]`` tensor of the members' values)."""
+    spec = dict(spec)
+    family = _FAMILIES.get(spec.get("name"))
+    if family is not None and "base_lr" in family.keys and "base_lr" not in spec:
+        spec["base_lr"] = base
+    return spec
+
+
 class Schedule:
     """A schedule ``s(k)``: the value after ``k`` scheduler steps. Build with :func:`create`.
 

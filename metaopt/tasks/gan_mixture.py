@@ -137,6 +137,7 @@ def gan_mixture() -> Task:
         target=0.12,
         train_step=train_step,
         vmap_ok=False,
+        grad_evals_per_step=2,
         description="GAN (leaky-ReLU MLPs 64-64) on a ring of 8 Gaussians, batch 128, own "
         "train_step (two optimizer steps per batch); validation energy distance, 1,000 vs 1,000 "
         "points",

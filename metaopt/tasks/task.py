@@ -44,6 +44,8 @@ class Task:
       given (which covers all of ``module``'s parameters) and returns a detached scalar to log.
       It may call ``optimizer.step()`` more than once per batch; parameters it does not want
       updated in a given call have ``grad = None`` (optimizers skip those).
+    - ``grad_evals_per_step``: forward+backward passes one step costs (budgets count these); a
+      GAN's train_step with two players costs 2.
     - ``vmap_ok``: False when a population trainer cannot ``torch.func.vmap`` the loss over stacked
       members (BatchNorm, dropout, or an own ``train_step``); it then loops over members.
     """
@@ -60,6 +62,7 @@ class Task:
     train_step: TrainStep | None = None
     vmap_ok: bool = True
     description: str = ""
+    grad_evals_per_step: int = 1
 
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not self.name:

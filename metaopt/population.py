@@ -1,0 +1,289 @@
+"""Train P copies of a task's model at once, each with its own hyperparameters.
+
+    result = metaopt.train_population("digits_mlp", "adamw",
+                                      [{"lr": lr} for lr in (1e-3, 3e-3, 1e-2, 3e-2)],
+                                      steps=300)
+
+Member ``i`` trains exactly as ``metaopt.train(task, optimizer, hparams[i], seed=seeds[i])``
+would (same initial weights, same batches), but all members run as one stacked, vmapped
+program stepped by one metaopt optimizer with ``population=P``. A member whose loss or weights
+stop being finite is reported diverged and frozen without touching the others. Members can be
+re-initialised (a search refilling a slot with a new trial) or overwritten from another member
+(PBT's exploit) mid-run. Tasks vmap can't serve run member by member, and the result says so.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from metaopt import optim, schedules
+from metaopt.population_engines import LoopEngine, StackedEngine, set_member_hparams
+from metaopt.tasks import Task
+from metaopt.tasks import get as get_task
+
+BLOWUP = 1e6  # a loss this many times its first value counts as diverged
+
+
+@dataclass
+class MemberResult:
+    """One member's outcome: what ``metaopt.train`` returns for a single run."""
+
+    seed: int
+    hparams: dict[str, Any]
+    value: float = math.nan
+    status: str = "ok"
+    reason: str | None = None
+    diverged_at: int | None = None
+    steps: int = 0
+    curve: list[tuple[int, float]] = field(default_factory=list)
+
+
+@dataclass
+class PopulationResult:
+    members: list[MemberResult]
+    engine: str
+    note: str
+    seconds: float
+    evaluations: int
+
+    @property
+    def best(self) -> MemberResult:
+        ok = [m for m in self.members if m.status == "ok" and math.isfinite(m.value)]
+        if not ok:
+            raise ValueError("every member diverged")
+        return min(ok, key=lambda m: m.value)
+
+
+def _factory(optimizer: str | Callable) -> Callable:
+    """A registry name or a factory ``(params, **hparams) -> optimizer``, as a factory."""
+    if callable(optimizer):
+        return optimizer
+    optim.lookup(optimizer)  # unknown names fail here, before any work
+
+    def create(params, **hparams):
+        return optim.create(optimizer, params, **hparams)
+
+    return create
+
+
+class Population:
+    """P members of one task trained together; see the module docstring."""
+
+    def __init__(self, task: Task | str, optimizer: str | Callable,
+                 hparams: Sequence[Mapping[str, Any]], *, seeds: Sequence[int] | None = None,
+                 seed: int = 0, schedule: Mapping[str, Any] | None = None,
+                 device: str = "cpu", engine: str = "auto") -> None:
+        self.task = get_task(task) if isinstance(task, str) else task
+        self.hparams = [dict(h) for h in hparams]
+        self.P = len(self.hparams)
+        if self.P < 1:
+            raise ValueError("a population needs at least one member")
+        self.seeds = list(seeds) if seeds is not None else [seed + i for i in range(self.P)]
+        if len(self.seeds) != self.P:
+            raise ValueError(f"{len(self.seeds)} seeds for {self.P} members")
+        self.make_optimizer = _factory(optimizer)
+        self.engine, self.note = self._build(engine, device)
+        self.members = [MemberResult(s, dict(h)) for s, h in zip(self.seeds, self.hparams)]
+        self.steps_done = torch.zeros(self.P, dtype=torch.float64)
+        self.first_loss = torch.full((self.P,), math.nan, dtype=torch.float64)
+        self.active = torch.ones(self.P, dtype=torch.bool)
+        self.evaluations = 0
+        self.schedules = self._schedules(schedule)
+
+    # -- construction -------------------------------------------------------------------
+    def _build(self, engine: str, device: str):
+        why = self._loop_reason()
+        if engine == "loop" or (engine == "auto" and why):
+            return LoopEngine(self.task, self.make_optimizer, self.hparams, self.seeds,
+                              device), why or "loop requested"
+        try:
+            built = StackedEngine(self.task, self.make_optimizer, self.hparams, self.seeds,
+                                  device)
+            return built, f"{self.P} members stacked and vmapped"
+        except Exception as err:
+            if engine == "vmap":
+                raise
+            return (LoopEngine(self.task, self.make_optimizer, self.hparams, self.seeds, device),
+                    f"member-by-member loop: stacking failed ({type(err).__name__}: {err})")
+
+    def _loop_reason(self) -> str | None:
+        if self.task.train_step is not None:
+            return "member-by-member loop: the task has its own train_step"
+        if not self.task.vmap_ok:
+            return "member-by-member loop: the task's model can't be vmapped"
+        return None
+
+    def _schedules(self, schedule: Mapping[str, Any] | None) -> dict[str, Any]:
+        if schedule is None:
+            return {}
+        specs = dict(schedule) if "name" not in schedule else {"lr": schedule}
+        built = {}
+        for key, spec in specs.items():
+            if isinstance(spec, Mapping):
+                spec = schedules.with_base(spec, self.engine.read_hparam(key).double().clone())
+            built[key] = schedules.create(spec)
+        return built
+
+    # -- stepping -----------------------------------------------------------------------
+    def step(self) -> Tensor:
+        """One step of every member; returns the ``[P]`` training losses."""
+        self._apply_schedules()
+        if self.engine.mode == "vmap" and self.evaluations == 0:
+            losses = self._first_vmap_step()
+        else:
+            losses = self.engine.step()
+        self.evaluations += self.task.grad_evals_per_step * int(self.active.sum())
+        self._record(losses)
+        return losses
+
+    def _first_vmap_step(self) -> Tensor:
+        try:
+            return self.engine.step()
+        except Exception as err:  # an op vmap has no rule for: fall back, say so
+            self.note = f"member-by-member loop: vmap failed ({type(err).__name__}: {err})"
+            self.engine = LoopEngine(self.task, self.make_optimizer, self.hparams, self.seeds,
+                                     self.engine.device)
+            self._apply_schedules()
+            return self.engine.step()
+
+    def _apply_schedules(self) -> None:
+        for key, schedule in self.schedules.items():
+            if isinstance(schedule, schedules.ReduceOnPlateau):
+                values = torch.as_tensor(schedule.value, dtype=torch.float64)
+            else:
+                values = schedule(self.steps_done)
+            self.engine.write_hparam(key, values.expand(self.P).clone())
+        if not bool(self.active.all()):
+            lr = self.engine.read_hparam("lr").clone()
+            lr[~self.active] = 0.0
+            self.engine.write_hparam("lr", lr)
+
+    def _record(self, losses: Tensor) -> None:
+        losses = losses.detach().double().cpu()
+        first = torch.isnan(self.first_loss) & self.active
+        self.first_loss[first] = losses[first]
+        for i in torch.nonzero(self.active).flatten().tolist():
+            m = self.members[i]
+            m.curve.append((int(self.steps_done[i]), float(losses[i])))
+            m.steps += 1
+        bad = self.active & ~torch.isfinite(losses)
+        blown = self.active & torch.isfinite(losses) & (
+            losses > BLOWUP * self.first_loss.abs().clamp(min=1e-12))
+        for i in torch.nonzero(bad | blown).flatten().tolist():
+            what = "is not finite" if bad[i] else f"exceeded {BLOWUP:g} x its first value"
+            self.freeze(i, f"loss {what} at step {int(self.steps_done[i])}",
+                        int(self.steps_done[i]))
+        self.steps_done[self.active] += 1
+
+    def freeze(self, i: int, reason: str, at: int) -> None:
+        """Mark member ``i`` diverged: its learning rate is held at zero and its weights
+        restored to finite values (its initial ones), so it can't disturb anything."""
+        m = self.members[i]
+        m.status, m.reason, m.diverged_at, m.value = "diverged", reason, at, math.nan
+        self.active[i] = False
+        if isinstance(self.engine, LoopEngine):
+            self.engine.active[i] = False
+        else:
+            self.engine.reinit(i, self.seeds[i])
+        self._apply_schedules()
+
+    # -- members ------------------------------------------------------------------------
+    def reinit(self, i: int, *, seed: int | None = None,
+               hparams: Mapping[str, Any] | None = None) -> None:
+        """Start member ``i`` over as a new run: fresh weights (from ``seed``), fresh optimizer
+        state and data, optionally new hyperparameters; its record restarts too."""
+        seed = self.seeds[i] if seed is None else seed
+        if hparams is not None:
+            set_member_hparams(self.engine, i, hparams)
+            self.hparams[i] = {**self.hparams[i], **hparams}
+        self.seeds[i] = seed
+        self.engine.reinit(i, seed)
+        if isinstance(self.engine, LoopEngine):
+            self.engine.active[i] = True
+        self.active[i] = True
+        self.steps_done[i] = 0
+        self.first_loss[i] = math.nan
+        self.members[i] = MemberResult(seed, dict(self.hparams[i]))
+        self._apply_schedules()
+
+    def copy_member(self, src: int, dst: int, *, hparams: bool = True) -> None:
+        """Member ``dst`` takes ``src``'s weights and optimizer state (step count included)
+        and, unless ``hparams=False``, its hyperparameters (PBT's exploit)."""
+        self.engine.copy_member(src, dst, hparams=hparams)
+        if hparams:
+            self.hparams[dst] = dict(self.hparams[src])
+            self.members[dst].hparams = dict(self.hparams[src])
+        self.steps_done[dst] = self.steps_done[src]
+
+    def set_hparams(self, i: int, hparams: Mapping[str, Any]) -> None:
+        """Change member ``i``'s hyperparameters in place (PBT's explore)."""
+        set_member_hparams(self.engine, i, hparams)
+        self.hparams[i] = {**self.hparams[i], **hparams}
+        self.members[i].hparams = dict(self.hparams[i])
+
+    def evaluate(self, members: Sequence[int] | None = None) -> list[float]:
+        """Validation loss of each member (``nan`` for diverged ones)."""
+        members = range(self.P) if members is None else members
+        live = [i for i in members if self.active[i]]
+        values = dict(zip(live, self.engine.evaluate(live)))
+        return [values.get(i, math.nan) for i in members]
+
+    # -- a whole run --------------------------------------------------------------------
+    def run(self, steps: int, *, progress: bool | None = None,
+            eval_every: int | None = None) -> PopulationResult:
+        """Train every member ``steps`` steps, evaluate, and return the result."""
+        start = time.perf_counter()
+        bar = _progress(progress, steps, f"{self.task.name}: {self.P} members")
+        for k in range(steps):
+            losses = self.step()
+            if eval_every and (k + 1) % eval_every == 0 and k + 1 < steps:
+                self._plateau(self.evaluate())
+            if bar is not None:
+                live = losses[self.active]
+                bar.set_postfix(best=f"{float(live.min()) if len(live) else math.nan:.4g}",
+                                diverged=int((~self.active).sum()))
+                bar.update()
+        if bar is not None:
+            bar.close()
+        return self.result(time.perf_counter() - start)
+
+    def _plateau(self, values: list[float]) -> None:
+        for schedule in self.schedules.values():
+            if isinstance(schedule, schedules.ReduceOnPlateau):
+                schedule.step(torch.tensor(values, dtype=torch.float64))
+
+    def result(self, seconds: float = math.nan) -> PopulationResult:
+        for m, value in zip(self.members, self.evaluate()):
+            if m.status == "ok":
+                m.value = value
+        return PopulationResult(self.members, self.engine.mode, self.note, seconds,
+                                self.evaluations)
+
+
+def train_population(task: Task | str, optimizer: str | Callable,
+                     hparams: Sequence[Mapping[str, Any]], steps: int | None = None, *,
+                     seeds: Sequence[int] | None = None, seed: int = 0,
+                     schedule: Mapping[str, Any] | None = None, device: str = "cpu",
+                     engine: str = "auto", progress: bool | None = None) -> PopulationResult:
+    """Train ``len(hparams)`` members of ``task`` together (see :class:`Population`)."""
+    pop = Population(task, optimizer, hparams, seeds=seeds, seed=seed, schedule=schedule,
+                     device=device, engine=engine)
+    return pop.run(steps or pop.task.steps, progress=progress)
+
+
+def _progress(progress: bool | None, total: int, desc: str):
+    if progress is None:
+        progress = sys.stderr.isatty()
+    if not progress:
+        return None
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc=desc, leave=False)

@@ -1,0 +1,240 @@
+"""Engines that step P copies of a task's model: stacked (one vmapped program) or a loop.
+
+Both give member ``i`` exactly what ``metaopt.train(task, ..., seed=seeds[i])`` gives: its model
+is built right after ``torch.manual_seed(seeds[i])`` and its batches come from
+``task.data(torch.Generator().manual_seed(seeds[i]))``.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from torch.func import functional_call, stack_module_state, vmap
+
+from metaopt.tasks.task import Task
+
+OptimizerFactory = Callable[..., torch.optim.Optimizer]
+
+
+def build_member(task: Task, seed: int, device: torch.device | str) -> nn.Module:
+    torch.manual_seed(seed)
+    return task.model().to(device)
+
+
+def member_data(task: Task, seed: int) -> Iterator:
+    return task.data(torch.Generator().manual_seed(seed))
+
+
+def stack_batches(batches: Sequence[Any], device: torch.device | str) -> Any:
+    first = batches[0]
+    if isinstance(first, Tensor):
+        return torch.stack(batches).to(device)
+    return type(first)(torch.stack(parts).to(device) for parts in zip(*batches))
+
+
+def stacked_hparams(hparams: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """Members' keyword dicts -> one dict of per-member lists (``betas`` -> two lists).
+    Non-numeric options (``nesterov``, ``amsgrad``, ...) must agree across members."""
+    keys = set(hparams[0])
+    for i, h in enumerate(hparams):
+        if set(h) != keys:
+            raise ValueError(f"member {i} sets hyperparameters {sorted(h)}, member 0 sets "
+                             f"{sorted(keys)}: every member must set the same keys")
+    out: dict[str, Any] = {}
+    for key in keys:
+        values = [h[key] for h in hparams]
+        first = values[0]
+        if isinstance(first, (tuple, list)):
+            out[key] = tuple([float(v[j]) for v in values] for j in range(len(first)))
+        elif isinstance(first, (bool, str)) or first is None:
+            if any(v != first for v in values):
+                raise ValueError(f"hyperparameter {key!r} differs across members "
+                                 f"({sorted(set(map(str, values)))}); a population shares "
+                                 f"non-numeric options")
+            out[key] = first
+        else:
+            out[key] = [float(v) for v in values]
+    return out
+
+
+class _LossModule(nn.Module):
+    """``task.loss(inner, batch)`` as a module, so functional_call can swap inner's tensors."""
+
+    def __init__(self, task: Task, inner: nn.Module) -> None:
+        super().__init__()
+        self.task, self.inner = task, inner
+
+    def forward(self, batch: Any) -> Tensor:
+        return self.task.loss(self.inner, batch)
+
+
+class StackedEngine:
+    """All members as one program: parameters stacked ``[P, ...]``, the loss vmapped over the
+    member dimension, one optimizer with ``population=P`` stepping them together."""
+
+    mode = "vmap"
+
+    def __init__(self, task: Task, make_optimizer: OptimizerFactory,
+                 hparams: Sequence[Mapping[str, Any]], seeds: Sequence[int],
+                 device: torch.device | str = "cpu") -> None:
+        self.task, self.device, self.P = task, device, len(seeds)
+        self.make_optimizer = make_optimizer
+        members = [build_member(task, s, device) for s in seeds]
+        params, buffers = stack_module_state(members)
+        self.params = params
+        self.buffers = buffers
+        self.template = copy.deepcopy(members[0])
+        loss_module = _LossModule(task, copy.deepcopy(members[0]))
+        self._tensors = ({f"inner.{k}": v for k, v in params.items()},
+                         {f"inner.{k}": v for k, v in buffers.items()})
+        self._losses = vmap(lambda p, b, batch: functional_call(loss_module, (p, b), (batch,)))
+        self.optimizer = make_optimizer(list(params.values()), population=self.P,
+                                        **stacked_hparams(hparams))
+        self.iters = [member_data(task, s) for s in seeds]
+
+    def step(self) -> Tensor:
+        batch = stack_batches([next(it) for it in self.iters], self.device)
+        self.optimizer.zero_grad(set_to_none=False)
+        losses = self._losses(*self._tensors, batch)
+        losses.sum().backward()
+        self.optimizer.step()
+        return losses.detach()
+
+    @torch.no_grad()
+    def evaluate(self, members: Sequence[int]) -> list[float]:
+        out = []
+        for i in members:
+            for name, p in self.template.named_parameters():
+                p.copy_(self.params[name][i])
+            for name, b in self.template.named_buffers():
+                b.copy_(self.buffers[name][i])
+            out.append(float(self.task.evaluate(self.template)))
+        return out
+
+    def parameters_of(self, i: int) -> dict[str, Tensor]:
+        return {name: p[i].detach() for name, p in self.params.items()}
+
+    @torch.no_grad()
+    def load_member(self, i: int, module: nn.Module) -> None:
+        for name, p in module.named_parameters():
+            self.params[name][i] = p.to(self.device)
+        for name, b in module.named_buffers():
+            self.buffers[name][i] = b.to(self.device)
+
+    def reinit(self, i: int, seed: int) -> None:
+        self.load_member(i, build_member(self.task, seed, self.device))
+        self.optimizer.reset_member(i)
+        self.iters[i] = member_data(self.task, seed)
+
+    @torch.no_grad()
+    def copy_member(self, src: int, dst: int, hparams: bool = True) -> None:
+        self.optimizer.copy_member(src, dst, hparams=hparams)
+        for b in self.buffers.values():
+            b[dst] = b[src]
+
+    def read_hparam(self, key: str) -> Tensor:
+        return _read(self.optimizer.param_groups[0], key)
+
+    def write_hparam(self, key: str, values: Tensor) -> None:
+        for group in self.optimizer.param_groups:
+            _write(group, key, values)
+
+
+class LoopEngine:
+    """One module and one optimizer per member, stepped in turn: for tasks vmap can't serve
+    (their own ``train_step``, BatchNorm, dropout) and for optimizers without populations."""
+
+    mode = "loop"
+
+    def __init__(self, task: Task, make_optimizer: OptimizerFactory,
+                 hparams: Sequence[Mapping[str, Any]], seeds: Sequence[int],
+                 device: torch.device | str = "cpu") -> None:
+        self.task, self.device, self.P = task, device, len(seeds)
+        self.make_optimizer = make_optimizer
+        self.hparams = [dict(h) for h in hparams]
+        self.modules = [build_member(task, s, device) for s in seeds]
+        self.optimizers = [make_optimizer(m.parameters(), **h)
+                           for m, h in zip(self.modules, self.hparams)]
+        self.iters = [member_data(task, s) for s in seeds]
+        self.active = [True] * self.P
+
+    def step(self) -> Tensor:
+        losses = []
+        for i, (module, opt, it) in enumerate(zip(self.modules, self.optimizers, self.iters)):
+            batch = next(it)
+            if not self.active[i]:
+                losses.append(torch.tensor(float("nan")))
+                continue
+            losses.append(self.task.run_step(module, opt, batch).float().cpu())
+        return torch.stack(losses)
+
+    def evaluate(self, members: Sequence[int]) -> list[float]:
+        return [float(self.task.evaluate(self.modules[i])) for i in members]
+
+    def parameters_of(self, i: int) -> dict[str, Tensor]:
+        return {name: p.detach() for name, p in self.modules[i].named_parameters()}
+
+    def reinit(self, i: int, seed: int) -> None:
+        self.modules[i] = build_member(self.task, seed, self.device)
+        self.optimizers[i] = self.make_optimizer(self.modules[i].parameters(), **self.hparams[i])
+        self.iters[i] = member_data(self.task, seed)
+
+    def copy_member(self, src: int, dst: int, hparams: bool = True) -> None:
+        self.modules[dst].load_state_dict(self.modules[src].state_dict())
+        saved = copy.deepcopy(self.optimizers[src].state_dict())
+        if not hparams:
+            for group, mine in zip(saved["param_groups"], self.optimizers[dst].param_groups):
+                for key in self.hparams[dst]:
+                    if key in mine:
+                        group[key] = _plain(mine[key])
+        self.optimizers[dst].load_state_dict(saved)
+
+    def read_hparam(self, key: str) -> Tensor:
+        return torch.stack([torch.as_tensor(_read(o.param_groups[0], key), dtype=torch.float64)
+                            for o in self.optimizers])
+
+    def write_hparam(self, key: str, values: Tensor) -> None:
+        values = torch.as_tensor(values, dtype=torch.float64).expand(self.P)
+        for opt, value in zip(self.optimizers, values):
+            for group in opt.param_groups:
+                _write(group, key, value)
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, tuple):
+        return tuple(_plain(v) for v in value)
+    return float(value) if isinstance(value, Tensor) and value.dim() == 0 else value
+
+
+def _read(group: Mapping[str, Any], key: str) -> Any:
+    if key in ("beta1", "beta2"):
+        return group["betas"][0 if key == "beta1" else 1]
+    return group[key]
+
+
+def _write(group: dict, key: str, value: Tensor) -> None:
+    if key in ("beta1", "beta2"):
+        betas = list(group["betas"])
+        betas[0 if key == "beta1" else 1] = value
+        group["betas"] = tuple(betas)
+    elif isinstance(group[key], Tensor):
+        group[key] = value
+    else:
+        group[key] = float(value)
+
+
+def set_member_hparams(engine: StackedEngine | LoopEngine, i: int,
+                       hparams: Mapping[str, Any]) -> None:
+    """Give member ``i`` new hyperparameter values (validated like any write)."""
+    for key, value in hparams.items():
+        parts = (("beta1", value[0]), ("beta2", value[1])) if key == "betas" else ((key, value),)
+        for name, v in parts:
+            values = engine.read_hparam(name).clone()
+            values[i] = float(v)
+            engine.write_hparam(name, values)
+    if isinstance(engine, LoopEngine):
+        engine.hparams[i].update(hparams)

@@ -1,0 +1,128 @@
+"""The population trainer: P stacked members == P separate runs; divergence; reset; fallback."""
+
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from metaopt.population import Population, train_population
+from metaopt.tasks import Task
+
+
+def _tiny_task() -> Task:
+    """A float64 regression MLP small enough to compare runs exactly."""
+    g = torch.Generator().manual_seed(123)
+    x = torch.randn(64, 3, generator=g, dtype=torch.float64)
+    y = torch.sin(x.sum(1, keepdim=True))
+
+    def model():
+        return nn.Sequential(nn.Linear(3, 8), nn.Tanh(), nn.Linear(8, 1)).double()
+
+    def loss(module, batch):
+        xb, yb = batch
+        return ((module(xb) - yb) ** 2).mean()
+
+    def data(generator):
+        while True:
+            idx = torch.randint(0, 64, (16,), generator=generator)
+            yield x[idx], y[idx]
+
+    @torch.no_grad()
+    def evaluate(module):
+        return float(loss(module, (x, y)))
+
+    return Task("tiny", model, loss, data, evaluate, steps=30)
+
+
+def _single_run(task, name, hparams, seed, steps):
+    """What metaopt.train does for one run: seed, build, own generator, closure steps."""
+    import metaopt
+
+    torch.manual_seed(seed)
+    module = task.model()
+    opt = metaopt.optim.create(name, module.parameters(), **hparams)
+    batches = task.data(torch.Generator().manual_seed(seed))
+    for _ in range(steps):
+        task.run_step(module, opt, next(batches))
+    return module, task.evaluate(module)
+
+
+HPARAMS = [{"lr": 0.01, "betas": (0.9, 0.999)}, {"lr": 0.05, "betas": (0.8, 0.99)},
+           {"lr": 0.002, "betas": (0.5, 0.9)}]
+
+
+@pytest.mark.parametrize("name", ["adamw", "sgd", "adafactor"])
+def test_members_equal_separate_runs(name):
+    task = _tiny_task()
+    hparams = HPARAMS if name != "sgd" else [{"lr": h["lr"], "momentum": h["betas"][0]}
+                                             for h in HPARAMS]
+    if name == "adafactor":
+        hparams = [{"lr": h["lr"]} for h in HPARAMS]
+    pop = Population(task, name, hparams, seeds=[3, 4, 5])
+    result = pop.run(25)
+    assert result.engine == "vmap"
+    for i, h in enumerate(hparams):
+        module, value = _single_run(task, name, h, [3, 4, 5][i], 25)
+        assert result.members[i].value == pytest.approx(value, rel=1e-10, abs=1e-12)
+        for pname, p in module.named_parameters():
+            torch.testing.assert_close(pop.engine.params[pname][i], p, rtol=1e-10, atol=1e-12)
+
+
+def test_diverging_member_is_reported_and_others_are_untouched():
+    task = _tiny_task()
+    good = train_population(task, "sgd", [{"lr": 0.05}, {"lr": 0.02}], 20, seeds=[0, 1])
+    mixed = train_population(task, "sgd", [{"lr": 0.05}, {"lr": 1e3}, {"lr": 0.02}], 20,
+                             seeds=[0, 7, 1])
+    bad = mixed.members[1]
+    assert bad.status == "diverged" and bad.diverged_at is not None and "step" in bad.reason
+    assert math.isnan(bad.value)
+    assert mixed.members[0].value == good.members[0].value
+    assert mixed.members[2].value == good.members[1].value
+    assert mixed.best.hparams == {"lr": 0.05} or mixed.best.hparams == {"lr": 0.02}
+
+
+def test_reset_member_trains_like_a_fresh_run():
+    task = _tiny_task()
+    pop = Population(task, "adam", [{"lr": 0.01}, {"lr": 0.03}], seeds=[0, 1])
+    pop.run(10)
+    pop.reinit(1, seed=9, hparams={"lr": 0.02})
+    result = pop.run(15)
+    _, fresh = _single_run(task, "adam", {"lr": 0.02}, 9, 15)
+    assert result.members[1].value == pytest.approx(fresh, rel=1e-10)
+    assert result.members[1].steps == 15
+    _, untouched = _single_run(task, "adam", {"lr": 0.01}, 0, 25)
+    assert result.members[0].value == pytest.approx(untouched, rel=1e-10)
+
+
+def test_copy_member_and_set_hparams():
+    task = _tiny_task()
+    pop = Population(task, "adam", [{"lr": 0.01}, {"lr": 0.03}], seeds=[0, 1])
+    pop.run(5)
+    pop.copy_member(0, 1)
+    assert pop.hparams[1] == {"lr": 0.01}
+    for p in pop.engine.params.values():
+        assert torch.equal(p[0], p[1])
+    pop.set_hparams(1, {"lr": 0.5})
+    assert float(pop.engine.read_hparam("lr")[1]) == 0.5
+
+
+def test_tasks_vmap_cannot_serve_fall_back_to_a_loop_and_say_so():
+    result = train_population("gan_mixture", "adam", [{"lr": 2e-3, "betas": (0.5, 0.999)}] * 2,
+                              steps=3)
+    assert result.engine == "loop" and "train_step" in result.note
+    assert result.evaluations == 2 * 2 * 3
+
+
+def test_schedule_writes_per_member_values():
+    task = _tiny_task()
+    pop = Population(task, "sgd", [{"lr": 0.1}, {"lr": 0.01}], seeds=[0, 1],
+                     schedule={"name": "cosine", "T_max": 10})
+    seen = []
+    for _ in range(3):
+        pop.step()
+        seen.append(pop.engine.read_hparam("lr").clone())
+    cos = [0.5 * (1 + math.cos(math.pi * k / 10)) for k in range(3)]
+    for k in range(3):
+        torch.testing.assert_close(seen[k], torch.tensor([0.1, 0.01], dtype=torch.float64)
+                                   * cos[k])
