@@ -8,8 +8,9 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from metaopt.optim.elementwise import per_parameter
 from metaopt.optim.hyperparams import Hyper
-from metaopt.optim.members import new_step, per_member
+from metaopt.optim.members import new_step
 from metaopt.optim.optimizer import MetaOptimizer, State
 
 
@@ -19,20 +20,22 @@ def init(param: Tensor, hp: Mapping[str, Tensor], opts: Mapping[str, Any]) -> St
             "acc_delta": torch.zeros_like(param, memory_format=torch.preserve_format)}
 
 
-def rule(params: list[Tensor], grads: list[Tensor], states: list[State],
-         hp: Mapping[str, Tensor], opts: Mapping[str, Any]) -> None:
+def coefficients(hp: Mapping[str, Tensor], counters: dict, opts: Mapping[str, Any]) -> dict:
+    counters["step"].add_(1)
+    return {"lr": hp["lr"], "rho": hp["rho"], "one_minus_rho": 1 - hp["rho"], "eps": hp["eps"],
+            "weight_decay": hp["weight_decay"]}
+
+
+def update(p: Tensor, g: Tensor, s: State, c: Mapping[str, Tensor],
+           opts: Mapping[str, Any]) -> None:
     """Δ = √(E[Δ²] + eps) / √(E[g²] + eps) · g; p -= lr Δ."""
-    for p, g, s in zip(params, grads, states):
-        s["step"].add_(1)
-        g = g + per_member(hp["weight_decay"], p) * p
-        rho, eps = per_member(hp["rho"], p), per_member(hp["eps"], p)
-        one_minus_rho = per_member(1 - hp["rho"], p)
-        square_avg, acc_delta = s["square_avg"], s["acc_delta"]
-        square_avg.mul_(rho).add_(one_minus_rho * g * g)
-        std = square_avg.add(eps).sqrt_()
-        delta = acc_delta.add(eps).sqrt_().div_(std).mul_(g)
-        acc_delta.mul_(rho).add_(one_minus_rho * delta * delta)
-        p.sub_(per_member(hp["lr"], p) * delta)
+    g = g + c["weight_decay"] * p
+    square_avg, acc_delta = s["square_avg"], s["acc_delta"]
+    square_avg.mul_(c["rho"]).add_(c["one_minus_rho"] * g * g)
+    std = square_avg.add(c["eps"]).sqrt_()
+    delta = acc_delta.add(c["eps"]).sqrt_().div_(std).mul_(g)
+    acc_delta.mul_(c["rho"]).add_(c["one_minus_rho"] * delta * delta)
+    p.sub_(c["lr"] * delta)
 
 
 class Adadelta(MetaOptimizer):
@@ -40,7 +43,9 @@ class Adadelta(MetaOptimizer):
 
     hypers = (Hyper("lr"), Hyper("rho", high=1.0), Hyper("eps"), Hyper("weight_decay"))
     init = staticmethod(init)
-    rule = staticmethod(rule)
+    coefficients = staticmethod(coefficients)
+    update = staticmethod(update)
+    rule = staticmethod(per_parameter(coefficients, update))
     elementwise = True
 
     def __init__(self, params, lr: float | Tensor = 1.0, rho: float = 0.9, eps: float = 1e-6,

@@ -8,6 +8,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from metaopt.optim.elementwise import per_parameter
 from metaopt.optim.hyperparams import Hyper
 from metaopt.optim.members import new_step, per_member
 from metaopt.optim.optimizer import MetaOptimizer, State
@@ -19,16 +20,19 @@ def init(param: Tensor, hp: Mapping[str, Tensor], opts: Mapping[str, Any]) -> St
             "sum": torch.zeros_like(param, memory_format=torch.preserve_format).add_(start)}
 
 
-def rule(params: list[Tensor], grads: list[Tensor], states: list[State],
-         hp: Mapping[str, Tensor], opts: Mapping[str, Any]) -> None:
+def coefficients(hp: Mapping[str, Tensor], counters: dict, opts: Mapping[str, Any]) -> dict:
+    step = counters["step"].add_(1)
+    return {"weight_decay": hp["weight_decay"], "eps": hp["eps"],
+            "clr": hp["lr"] / (1 + (step - 1) * hp["lr_decay"])}
+
+
+def update(p: Tensor, g: Tensor, s: State, c: Mapping[str, Tensor],
+           opts: Mapping[str, Any]) -> None:
     """sum += g²; p -= lr / (1 + (t - 1) lr_decay) * g / (√sum + eps)."""
-    for p, g, s in zip(params, grads, states):
-        step = s["step"].add_(1)
-        g = g + per_member(hp["weight_decay"], p) * p
-        clr = hp["lr"] / (1 + (step - 1) * hp["lr_decay"])
-        s["sum"].addcmul_(g, g)
-        std = s["sum"].sqrt().add_(per_member(hp["eps"], p))
-        p.sub_(per_member(clr, p) * (g / std))
+    g = g + c["weight_decay"] * p
+    s["sum"].addcmul_(g, g)
+    std = s["sum"].sqrt().add_(c["eps"])
+    p.sub_(c["clr"] * (g / std))
 
 
 class Adagrad(MetaOptimizer):
@@ -37,7 +41,9 @@ class Adagrad(MetaOptimizer):
     hypers = (Hyper("lr"), Hyper("lr_decay"), Hyper("weight_decay"),
               Hyper("initial_accumulator_value"), Hyper("eps"))
     init = staticmethod(init)
-    rule = staticmethod(rule)
+    coefficients = staticmethod(coefficients)
+    update = staticmethod(update)
+    rule = staticmethod(per_parameter(coefficients, update))
     elementwise = True
 
     def __init__(self, params, lr: float | Tensor = 1e-2, lr_decay: float = 0,

@@ -8,8 +8,9 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from metaopt.optim.elementwise import per_parameter
 from metaopt.optim.hyperparams import Hyper
-from metaopt.optim.members import new_step, per_member
+from metaopt.optim.members import new_step
 from metaopt.optim.optimizer import MetaOptimizer, State
 
 BETAS = Hyper("betas", low=0.0, high=1.0, high_open=True, parts=("beta1", "beta2"))
@@ -26,33 +27,48 @@ def init(param: Tensor, hp: Mapping[str, Tensor], opts: Mapping[str, Any]) -> St
     return state
 
 
-def apply_weight_decay(p: Tensor, g: Tensor, hp: Mapping[str, Tensor], decoupled: bool) -> Tensor:
-    """Decoupled: shrink p by lr·wd; coupled (L2): add wd·p to the gradient."""
+def decay_coefficients(hp: Mapping[str, Tensor], decoupled: bool) -> dict[str, Tensor]:
+    """Decoupled: p shrinks by ``1 - lr·wd``; coupled (L2): ``wd·p`` joins the gradient."""
     if decoupled:
-        p.mul_(per_member(1 - hp["lr"] * hp["weight_decay"], p))
+        return {"decay": 1 - hp["lr"] * hp["weight_decay"]}
+    return {"l2": hp["weight_decay"]}
+
+
+def apply_weight_decay(p: Tensor, g: Tensor, c: Mapping[str, Tensor]) -> Tensor:
+    if "decay" in c:
+        p.mul_(c["decay"])
         return g
-    return g + per_member(hp["weight_decay"], p) * p
+    return g + c["l2"] * p
 
 
-def rule(params: list[Tensor], grads: list[Tensor], states: list[State],
-         hp: Mapping[str, Tensor], opts: Mapping[str, Any]) -> None:
-    """m = β1 m + (1-β1) g; v = β2 v + (1-β2) g²; p -= lr/(1-β1ᵗ) · m / (√(v/(1-β2ᵗ)) + eps)."""
-    beta1, beta2 = hp["beta1"], hp["beta2"]
-    for p, g, s in zip(params, grads, states):
-        step = s["step"].add_(1)
-        g = apply_weight_decay(p, g, hp, opts["decoupled_weight_decay"])
-        exp_avg, exp_avg_sq = s["exp_avg"], s["exp_avg_sq"]
-        exp_avg.lerp_(g, per_member(1 - beta1, p))
-        exp_avg_sq.mul_(per_member(beta2, p)).add_(per_member(1 - beta2, p) * g * g)
-        step_size = hp["lr"] / (1 - beta1**step)
-        bias_correction2_sqrt = (1 - beta2**step).sqrt()
-        if opts["amsgrad"]:
-            second = torch.maximum(s["max_exp_avg_sq"], exp_avg_sq, out=s["max_exp_avg_sq"])
-        else:
-            second = exp_avg_sq
-        denom = (second.sqrt() / per_member(bias_correction2_sqrt, p)).add_(
-            per_member(hp["eps"], p))
-        p.sub_(per_member(step_size, p) * (exp_avg / denom))
+def moment_coefficients(hp: Mapping[str, Tensor]) -> dict[str, Tensor]:
+    return {"one_minus_beta1": 1 - hp["beta1"], "beta2": hp["beta2"],
+            "one_minus_beta2": 1 - hp["beta2"], "eps": hp["eps"]}
+
+
+def update_moments(g: Tensor, s: State, c: Mapping[str, Tensor]) -> None:
+    """m = β1 m + (1-β1) g; v = β2 v + (1-β2) g² (as torch: a lerp, then mul and add)."""
+    s["exp_avg"].lerp_(g, c["one_minus_beta1"])
+    s["exp_avg_sq"].mul_(c["beta2"]).add_(c["one_minus_beta2"] * g * g)
+
+
+def coefficients(hp: Mapping[str, Tensor], counters: dict, opts: Mapping[str, Any]) -> dict:
+    step = counters["step"].add_(1)
+    return {**decay_coefficients(hp, opts["decoupled_weight_decay"]), **moment_coefficients(hp),
+            "step_size": hp["lr"] / (1 - hp["beta1"] ** step),
+            "bias_correction2_sqrt": (1 - hp["beta2"] ** step).sqrt()}
+
+
+def update(p: Tensor, g: Tensor, s: State, c: Mapping[str, Tensor],
+           opts: Mapping[str, Any]) -> None:
+    """p -= lr/(1-β1ᵗ) · m / (√(v/(1-β2ᵗ)) + eps), with max(v) under amsgrad."""
+    g = apply_weight_decay(p, g, c)
+    update_moments(g, s, c)
+    second = s["exp_avg_sq"]
+    if opts["amsgrad"]:
+        second = torch.maximum(s["max_exp_avg_sq"], second, out=s["max_exp_avg_sq"])
+    denom = (second.sqrt() / c["bias_correction2_sqrt"]).add_(c["eps"])
+    p.sub_(c["step_size"] * (s["exp_avg"] / denom))
 
 
 class Adam(MetaOptimizer):
@@ -60,7 +76,9 @@ class Adam(MetaOptimizer):
 
     hypers = (Hyper("lr"), BETAS, Hyper("eps"), Hyper("weight_decay"))
     init = staticmethod(init)
-    rule = staticmethod(rule)
+    coefficients = staticmethod(coefficients)
+    update = staticmethod(update)
+    rule = staticmethod(per_parameter(coefficients, update))
     elementwise = True
 
     def __init__(self, params, lr: float | Tensor = 1e-3,

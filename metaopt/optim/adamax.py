@@ -9,8 +9,9 @@ import torch
 from torch import Tensor
 
 from metaopt.optim.adam import BETAS
+from metaopt.optim.elementwise import per_parameter
 from metaopt.optim.hyperparams import Hyper
-from metaopt.optim.members import new_step, per_member
+from metaopt.optim.members import new_step
 from metaopt.optim.optimizer import MetaOptimizer, State
 
 
@@ -20,19 +21,20 @@ def init(param: Tensor, hp: Mapping[str, Tensor], opts: Mapping[str, Any]) -> St
             "exp_inf": torch.zeros_like(param, memory_format=torch.preserve_format)}
 
 
-def rule(params: list[Tensor], grads: list[Tensor], states: list[State],
-         hp: Mapping[str, Tensor], opts: Mapping[str, Any]) -> None:
+def coefficients(hp: Mapping[str, Tensor], counters: dict, opts: Mapping[str, Any]) -> dict:
+    step = counters["step"].add_(1)
+    return {"weight_decay": hp["weight_decay"], "one_minus_beta1": 1 - hp["beta1"],
+            "beta2": hp["beta2"], "eps": hp["eps"], "clr": hp["lr"] / (1 - hp["beta1"] ** step)}
+
+
+def update(p: Tensor, g: Tensor, s: State, c: Mapping[str, Tensor],
+           opts: Mapping[str, Any]) -> None:
     """m = β1 m + (1-β1) g; u = max(β2 u, |g| + eps); p -= lr/(1-β1ᵗ) · m / u."""
-    beta1, beta2 = hp["beta1"], hp["beta2"]
-    for p, g, s in zip(params, grads, states):
-        step = s["step"].add_(1)
-        g = g + per_member(hp["weight_decay"], p) * p
-        s["exp_avg"].lerp_(g, per_member(1 - beta1, p))
-        exp_inf = s["exp_inf"]
-        torch.maximum(exp_inf.mul_(per_member(beta2, p)),
-                      g.abs().add_(per_member(hp["eps"], p)), out=exp_inf)
-        clr = hp["lr"] / (1 - beta1**step)
-        p.sub_(per_member(clr, p) * (s["exp_avg"] / exp_inf))
+    g = g + c["weight_decay"] * p
+    s["exp_avg"].lerp_(g, c["one_minus_beta1"])
+    exp_inf = s["exp_inf"]
+    torch.maximum(exp_inf.mul_(c["beta2"]), g.abs().add_(c["eps"]), out=exp_inf)
+    p.sub_(c["clr"] * (s["exp_avg"] / exp_inf))
 
 
 class Adamax(MetaOptimizer):
@@ -40,7 +42,9 @@ class Adamax(MetaOptimizer):
 
     hypers = (Hyper("lr"), BETAS, Hyper("eps"), Hyper("weight_decay"))
     init = staticmethod(init)
-    rule = staticmethod(rule)
+    coefficients = staticmethod(coefficients)
+    update = staticmethod(update)
+    rule = staticmethod(per_parameter(coefficients, update))
     elementwise = True
 
     def __init__(self, params, lr: float | Tensor = 2e-3,

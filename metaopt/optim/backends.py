@@ -22,6 +22,8 @@ from typing import Any
 
 import torch
 
+from metaopt.optim.elementwise import broadcast
+
 BACKENDS = ("auto", "reference", "eager", "compiled")
 COMPILE_MIN_NUMEL = 1 << 20
 
@@ -37,35 +39,34 @@ def resolve(backend: str, elementwise: bool, numel: int) -> str:
     return backend
 
 
-def _flat_call(rule: Callable, param, grad, state, hp, opts, scalar_keys=()) -> None:
-    """``rule`` on one flat bucket. Per-tensor counters are stacked ``[n_params, ...]`` (all
-    rows equal): the rule advances row 0, which is then copied to every row."""
+def _flat_update(update: Callable, param, grad, state, coefficients, opts) -> None:
     if opts.get("maximize", False):
         grad = -grad
-    flat_state = {k: (v[0] if k in scalar_keys else v) for k, v in state.items()}
-    rule([param], [grad], [flat_state], hp, opts)
-    for key in scalar_keys:
-        rows = state[key]
-        rows[1:].copy_(rows[0].expand_as(rows[1:]))
+    update(param, grad, state, coefficients, opts)
 
 
 @functools.cache
-def compiled_rule(rule: Callable) -> Callable:
-    """``rule`` over one flat bucket, compiled (one cache entry per rule function)."""
-    return torch.compile(functools.partial(_flat_call, rule), dynamic=True, fullgraph=True)
+def compiled_update(update: Callable) -> Callable:
+    """``update`` over one flat bucket, compiled once per update function: the length is
+    dynamic, so every model size reuses the kernel; coefficients are tensors, so new
+    hyperparameter values reuse it too."""
+    return torch.compile(functools.partial(_flat_update, update), dynamic=True,
+                         fullgraph=True)
 
 
-class CompileUnavailable(RuntimeError):
-    pass
-
-
-def run_flat(rule: Callable, backend: str, param, grad, state, hp, opts: dict[str, Any],
-             scalar_keys: tuple[str, ...]) -> str:
-    """Run ``rule`` on a flat bucket with ``backend`` (``eager``/``compiled``); returns the
-    backend used (``eager`` after a failed compilation)."""
+def run_flat(algorithm: Any, backend: str, bucket: Any, grad, hp, opts: dict[str, Any]) -> str:
+    """One step of ``algorithm`` (a class with ``coefficients`` and ``update``) on a flat
+    bucket: the coefficients eagerly (a few 0-d or ``[P]`` ops), the elementwise update with
+    ``backend``. Returns the backend used (``eager`` after a failed compilation)."""
+    counters = {k: bucket.state[k][0] for k in bucket.scalar_keys}
+    coefficients = broadcast(algorithm.coefficients(hp, counters, opts), bucket.param)
+    for key in bucket.scalar_keys:  # every parameter's counter row follows row 0
+        rows = bucket.state[key]
+        rows[1:].copy_(rows[0].expand_as(rows[1:]))
+    state = {k: v for k, v in bucket.state.items() if k not in bucket.scalar_keys}
     if backend == "compiled":
         try:
-            compiled_rule(rule)(param, grad, state, hp, opts, scalar_keys)
+            compiled_update(algorithm.update)(bucket.param, grad, state, coefficients, opts)
             return "compiled"
         except Exception as err:  # no C++ compiler, unsupported platform, ...
             if not _is_compile_error(err):
@@ -73,7 +74,7 @@ def run_flat(rule: Callable, backend: str, param, grad, state, hp, opts: dict[st
             warnings.warn(f"metaopt: torch.compile failed ({type(err).__name__}: "
                           f"{str(err).splitlines()[0][:200]}); using the eager backend",
                           stacklevel=3)
-    _flat_call(rule, param, grad, state, hp, opts, scalar_keys)
+    _flat_update(algorithm.update, bucket.param, grad, state, coefficients, opts)
     return "eager"
 
 

@@ -8,9 +8,16 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from metaopt.optim.adam import BETAS, apply_weight_decay
+from metaopt.optim.adam import (
+    BETAS,
+    apply_weight_decay,
+    decay_coefficients,
+    moment_coefficients,
+    update_moments,
+)
+from metaopt.optim.elementwise import per_parameter
 from metaopt.optim.hyperparams import Hyper
-from metaopt.optim.members import new_step, per_member
+from metaopt.optim.members import new_step
 from metaopt.optim.optimizer import MetaOptimizer, State
 
 
@@ -21,28 +28,29 @@ def init(param: Tensor, hp: Mapping[str, Tensor], opts: Mapping[str, Any]) -> St
             "exp_avg_sq": torch.zeros_like(param, memory_format=torch.preserve_format)}
 
 
-def rule(params: list[Tensor], grads: list[Tensor], states: list[State],
-         hp: Mapping[str, Tensor], opts: Mapping[str, Any]) -> None:
-    """Adam's moments; the step mixes the gradient and the momentum with weights μₜ, μₜ₊₁."""
+def coefficients(hp: Mapping[str, Tensor], counters: dict, opts: Mapping[str, Any]) -> dict:
+    """μₜ = β1 (1 - ½·0.96^(t·ψ)); the product of the μ's is kept in float32, as torch does."""
     lr, beta1, beta2 = hp["lr"], hp["beta1"], hp["beta2"]
-    for p, g, s in zip(params, grads, states):
-        step = s["step"].add_(1)
-        bias_correction2 = 1 - beta2**step
-        g = apply_weight_decay(p, g, hp, opts["decoupled_weight_decay"])
-        mu = beta1 * (1.0 - 0.5 * 0.96 ** (step * hp["momentum_decay"]))
-        mu_next = beta1 * (1.0 - 0.5 * 0.96 ** ((step + 1) * hp["momentum_decay"]))
-        mu_product = s["mu_product"]
-        mu_product.mul_(mu.to(mu_product.dtype))  # torch keeps this product in float32
-        exp_avg, exp_avg_sq = s["exp_avg"], s["exp_avg_sq"]
-        exp_avg.lerp_(g, per_member(1 - beta1, p))
-        exp_avg_sq.mul_(per_member(beta2, p)).add_(per_member(1 - beta2, p) * g * g)
-        denom = exp_avg_sq.div(per_member(bias_correction2, p)).sqrt().add_(
-            per_member(hp["eps"], p))
-        product = mu_product.to(mu.dtype)
-        grad_weight = -lr * (1.0 - mu) / (1.0 - product)
-        avg_weight = -lr * mu_next / (1.0 - product * mu_next)
-        p.add_(per_member(grad_weight, p) * (g / denom))
-        p.add_(per_member(avg_weight, p) * (exp_avg / denom))
+    step = counters["step"].add_(1)
+    mu = beta1 * (1.0 - 0.5 * 0.96 ** (step * hp["momentum_decay"]))
+    mu_next = beta1 * (1.0 - 0.5 * 0.96 ** ((step + 1) * hp["momentum_decay"]))
+    mu_product = counters["mu_product"]
+    mu_product.mul_(mu.to(mu_product.dtype))
+    product = mu_product.to(mu.dtype)
+    return {**decay_coefficients(hp, opts["decoupled_weight_decay"]), **moment_coefficients(hp),
+            "bias_correction2": 1 - beta2**step,
+            "grad_weight": -lr * (1.0 - mu) / (1.0 - product),
+            "avg_weight": -lr * mu_next / (1.0 - product * mu_next)}
+
+
+def update(p: Tensor, g: Tensor, s: State, c: Mapping[str, Tensor],
+           opts: Mapping[str, Any]) -> None:
+    """Adam's moments; the step mixes the gradient and the momentum with weights μₜ, μₜ₊₁."""
+    g = apply_weight_decay(p, g, c)
+    update_moments(g, s, c)
+    denom = s["exp_avg_sq"].div(c["bias_correction2"]).sqrt().add_(c["eps"])
+    p.add_(c["grad_weight"] * (g / denom))
+    p.add_(c["avg_weight"] * (s["exp_avg"] / denom))
 
 
 class NAdam(MetaOptimizer):
@@ -51,7 +59,9 @@ class NAdam(MetaOptimizer):
     hypers = (Hyper("lr"), BETAS, Hyper("eps"), Hyper("weight_decay"),
               Hyper("momentum_decay"))
     init = staticmethod(init)
-    rule = staticmethod(rule)
+    coefficients = staticmethod(coefficients)
+    update = staticmethod(update)
+    rule = staticmethod(per_parameter(coefficients, update))
     elementwise = True
 
     def __init__(self, params, lr: float | Tensor = 2e-3,

@@ -123,23 +123,23 @@ class MetaOptimizer(torch.optim.Optimizer):
         return loss
 
     def _plan(self, group: HyperGroup) -> _Plan:
-        rule, hp, opts = type(self).rule, group.hparams, self.options(group)
+        algorithm, hp, opts = type(self), group.hparams, self.options(group)
         buckets = self._flat_buckets(group)
         if buckets is not None:
             status = {b.grad_status() for b in buckets}
             if status == {"none"}:
-                return _Plan(group, "eager", rule, hp, opts, [], [], [])
+                return _Plan(group, "eager", algorithm, hp, opts, [], [], [])
             if status != {"all"} or not all(b.uniform for b in buckets):
                 for b in buckets:  # some parameters skip this step: counters will differ
                     b.uniform = b.uniform and b.grad_status() != "some"
                 buckets = None
         if buckets is None:
             params, grads, states = self._gather(group)
-            return _Plan(group, "reference", rule, hp, opts, params, grads, states)
+            return _Plan(group, "reference", algorithm, hp, opts, params, grads, states)
         for bucket in buckets:
             bucket.gather_grads()
         mode = self._flat_mode[id(group)]
-        return _Plan(group, mode, rule, hp, opts, [b.param for b in buckets],
+        return _Plan(group, mode, algorithm, hp, opts, [b.param for b in buckets],
                      [b.grad for b in buckets], [b.state for b in buckets], buckets,
                      on_mode=lambda used: self._flat_mode.__setitem__(id(group), used))
 
@@ -339,9 +339,11 @@ class _Plan:
     """One group's work for one step: its rule over per-parameter tensors (reference) or
     over flat buckets (eager / compiled)."""
 
-    def __init__(self, group: HyperGroup, mode: str, rule: UpdateFn, hp, opts, params, grads,
-                 states, buckets: list[Bucket] | None = None, on_mode=None) -> None:
-        self.group, self.mode, self.rule, self.hp, self.opts = group, mode, rule, hp, opts
+    def __init__(self, group: HyperGroup, mode: str, algorithm: type[MetaOptimizer], hp, opts,
+                 params, grads, states, buckets: list[Bucket] | None = None,
+                 on_mode=None) -> None:
+        self.group, self.mode, self.hp, self.opts = group, mode, hp, opts
+        self.algorithm, self.rule = algorithm, algorithm.rule
         self.params, self.grads, self.states = params, grads, states
         self.buckets, self.on_mode = buckets, on_mode
 
@@ -379,10 +381,9 @@ class _Plan:
         if self.buckets is None:
             self.rule(self.params, self.grads, self.states, self.hp, self.opts)
             return
-        for bucket, param, grad, state in zip(self.buckets, self.params, self.grads,
-                                              self.states):
-            used = backends.run_flat(self.rule, self.mode, param, grad, state, self.hp,
-                                     self.opts, bucket.scalar_keys)
+        for bucket, grad in zip(self.buckets, self.grads):
+            used = backends.run_flat(self.algorithm, self.mode, bucket, grad, self.hp,
+                                     self.opts)
             if used != self.mode:
                 self.mode = used
                 self.on_mode(used)

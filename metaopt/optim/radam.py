@@ -8,9 +8,16 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from metaopt.optim.adam import BETAS, apply_weight_decay
+from metaopt.optim.adam import (
+    BETAS,
+    apply_weight_decay,
+    decay_coefficients,
+    moment_coefficients,
+    update_moments,
+)
+from metaopt.optim.elementwise import per_parameter
 from metaopt.optim.hyperparams import Hyper
-from metaopt.optim.members import new_step, per_member
+from metaopt.optim.members import new_step
 from metaopt.optim.optimizer import MetaOptimizer, State
 
 
@@ -20,27 +27,30 @@ def init(param: Tensor, hp: Mapping[str, Tensor], opts: Mapping[str, Any]) -> St
             "exp_avg_sq": torch.zeros_like(param, memory_format=torch.preserve_format)}
 
 
-def rule(params: list[Tensor], grads: list[Tensor], states: list[State],
-         hp: Mapping[str, Tensor], opts: Mapping[str, Any]) -> None:
+def coefficients(hp: Mapping[str, Tensor], counters: dict, opts: Mapping[str, Any]) -> dict:
+    """ρₜ and the rectifier rₜ; ``rectify`` says whether ρₜ > 5 (the adaptive step is on)."""
+    beta1, beta2 = hp["beta1"], hp["beta2"]
+    step = counters["step"].add_(1)
+    bias_correction2 = 1 - beta2**step
+    rho_inf = 2 / (1 - beta2) - 1
+    rho_t = rho_inf - 2 * step * (beta2**step) / bias_correction2
+    rect = ((rho_t - 4) * (rho_t - 2) * rho_inf
+            / ((rho_inf - 4) * (rho_inf - 2) * rho_t)).sqrt()
+    return {**decay_coefficients(hp, opts["decoupled_weight_decay"]), **moment_coefficients(hp),
+            "lr": hp["lr"], "bias_correction1": 1 - beta1**step,
+            "bias_correction2_sqrt": bias_correction2.sqrt(), "rect": rect,
+            "rectify": rho_t > 5.0}
+
+
+def update(p: Tensor, g: Tensor, s: State, c: Mapping[str, Tensor],
+           opts: Mapping[str, Any]) -> None:
     """While ρₜ ≤ 5 the step is SGD with momentum; after, Adam's step times the rectifier rₜ."""
-    lr, beta1, beta2 = hp["lr"], hp["beta1"], hp["beta2"]
-    for p, g, s in zip(params, grads, states):
-        step = s["step"].add_(1)
-        g = apply_weight_decay(p, g, hp, opts["decoupled_weight_decay"])
-        exp_avg, exp_avg_sq = s["exp_avg"], s["exp_avg_sq"]
-        exp_avg.lerp_(g, per_member(1 - beta1, p))
-        exp_avg_sq.mul_(per_member(beta2, p)).add_(per_member(1 - beta2, p) * g * g)
-        bias_correction1 = 1 - beta1**step
-        bias_correction2 = 1 - beta2**step
-        corrected = exp_avg / per_member(bias_correction1, p) * per_member(lr, p)
-        rho_inf = 2 / (1 - beta2) - 1
-        rho_t = rho_inf - 2 * step * (beta2**step) / bias_correction2
-        rect = ((rho_t - 4) * (rho_t - 2) * rho_inf
-                / ((rho_inf - 4) * (rho_inf - 2) * rho_t)).sqrt()
-        adaptive = per_member(bias_correction2.sqrt(), p) / (
-            exp_avg_sq.sqrt().add_(per_member(hp["eps"], p)))
-        rectified = corrected * adaptive * per_member(rect, p)
-        p.sub_(torch.where(per_member(rho_t > 5.0, p), rectified, corrected))
+    g = apply_weight_decay(p, g, c)
+    update_moments(g, s, c)
+    corrected = s["exp_avg"] / c["bias_correction1"] * c["lr"]
+    adaptive = c["bias_correction2_sqrt"] / s["exp_avg_sq"].sqrt().add_(c["eps"])
+    rectified = corrected * adaptive * c["rect"]
+    p.sub_(torch.where(c["rectify"], rectified, corrected))
 
 
 class RAdam(MetaOptimizer):
@@ -48,7 +58,9 @@ class RAdam(MetaOptimizer):
 
     hypers = (Hyper("lr"), BETAS, Hyper("eps"), Hyper("weight_decay"))
     init = staticmethod(init)
-    rule = staticmethod(rule)
+    coefficients = staticmethod(coefficients)
+    update = staticmethod(update)
+    rule = staticmethod(per_parameter(coefficients, update))
     elementwise = True
 
     def __init__(self, params, lr: float | Tensor = 1e-3,

@@ -8,8 +8,9 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from metaopt.optim.elementwise import per_parameter
 from metaopt.optim.hyperparams import Hyper
-from metaopt.optim.members import new_step, per_member
+from metaopt.optim.members import new_step
 from metaopt.optim.optimizer import MetaOptimizer, State
 
 
@@ -25,27 +26,30 @@ def init(param: Tensor, hp: Mapping[str, Tensor], opts: Mapping[str, Any]) -> St
     return state
 
 
-def rule(params: list[Tensor], grads: list[Tensor], states: list[State],
-         hp: Mapping[str, Tensor], opts: Mapping[str, Any]) -> None:
+def coefficients(hp: Mapping[str, Tensor], counters: dict, opts: Mapping[str, Any]) -> dict:
+    counters["step"].add_(1)
+    return {"lr": hp["lr"], "weight_decay": hp["weight_decay"], "alpha": hp["alpha"],
+            "one_minus_alpha": 1 - hp["alpha"], "eps": hp["eps"], "momentum": hp["momentum"]}
+
+
+def update(p: Tensor, g: Tensor, s: State, c: Mapping[str, Tensor],
+           opts: Mapping[str, Any]) -> None:
     """v = α v + (1 - α) g²; p -= lr * g / (√(v - ḡ²) + eps), optionally through momentum."""
-    for p, g, s in zip(params, grads, states):
-        s["step"].add_(1)
-        g = g + per_member(hp["weight_decay"], p) * p
-        alpha = per_member(hp["alpha"], p)
-        square_avg = s["square_avg"]
-        square_avg.mul_(alpha).add_(per_member(1 - hp["alpha"], p) * g * g)
-        if opts["centered"]:
-            grad_avg = s["grad_avg"].lerp_(g, per_member(1 - hp["alpha"], p))
-            avg = (square_avg - grad_avg * grad_avg).sqrt_()
-        else:
-            avg = square_avg.sqrt()
-        avg = avg.add_(per_member(hp["eps"], p))
-        if "momentum_buffer" in s:
-            buf = s["momentum_buffer"]
-            buf.mul_(per_member(hp["momentum"], p)).add_(g / avg)
-            p.sub_(per_member(hp["lr"], p) * buf)
-        else:
-            p.sub_(per_member(hp["lr"], p) * (g / avg))
+    g = g + c["weight_decay"] * p
+    square_avg = s["square_avg"]
+    square_avg.mul_(c["alpha"]).add_(c["one_minus_alpha"] * g * g)
+    if opts["centered"]:
+        grad_avg = s["grad_avg"].lerp_(g, c["one_minus_alpha"])
+        avg = (square_avg - grad_avg * grad_avg).sqrt_()
+    else:
+        avg = square_avg.sqrt()
+    avg = avg.add_(c["eps"])
+    if "momentum_buffer" in s:
+        buf = s["momentum_buffer"]
+        buf.mul_(c["momentum"]).add_(g / avg)
+        p.sub_(c["lr"] * buf)
+    else:
+        p.sub_(c["lr"] * (g / avg))
 
 
 class RMSprop(MetaOptimizer):
@@ -58,7 +62,9 @@ class RMSprop(MetaOptimizer):
     hypers = (Hyper("lr"), Hyper("alpha"), Hyper("eps"), Hyper("weight_decay"),
               Hyper("momentum"))
     init = staticmethod(init)
-    rule = staticmethod(rule)
+    coefficients = staticmethod(coefficients)
+    update = staticmethod(update)
+    rule = staticmethod(per_parameter(coefficients, update))
     elementwise = True
 
     def __init__(self, params, lr: float | Tensor = 1e-2, alpha: float = 0.99,

@@ -8,8 +8,9 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from metaopt.optim.elementwise import per_parameter
 from metaopt.optim.hyperparams import Hyper
-from metaopt.optim.members import new_step, per_member
+from metaopt.optim.members import new_step
 from metaopt.optim.optimizer import MetaOptimizer, State
 
 
@@ -20,26 +21,26 @@ def init(param: Tensor, hp: Mapping[str, Tensor], opts: Mapping[str, Any]) -> St
     return state
 
 
-def rule(params: list[Tensor], grads: list[Tensor], states: list[State],
-         hp: Mapping[str, Tensor], opts: Mapping[str, Any]) -> None:
-    """p -= lr * d, where d is the gradient (plus weight decay) or its momentum average.
+def coefficients(hp: Mapping[str, Tensor], counters: dict, opts: Mapping[str, Any]) -> dict:
+    """The first step of a momentum buffer copies the gradient (as torch does); members are
+    told apart by their own step counts, so a reset member restarts its buffer."""
+    momentum = hp["momentum"]
+    first = counters["step"] == 0
+    counters["step"].add_(1)
+    return {"lr": hp["lr"], "weight_decay": hp["weight_decay"], "momentum": momentum,
+            "decay": torch.where(first, 0.0, momentum),
+            "keep": 1 - torch.where(first | (momentum == 0), 0.0, hp["dampening"])}
 
-    The first step of a momentum buffer copies the gradient (as torch does); members are
-    told apart by their own step counts, so a reset member restarts its buffer.
-    """
-    lr, momentum, dampening, wd = hp["lr"], hp["momentum"], hp["dampening"], hp["weight_decay"]
-    for p, g, s in zip(params, grads, states):
-        step = s["step"]
-        g = g + per_member(wd, p) * p
-        if "momentum_buffer" in s:
-            buf = s["momentum_buffer"]
-            first = step == 0
-            decay = torch.where(first, 0.0, momentum)
-            damp = torch.where(first | (momentum == 0), 0.0, dampening)
-            buf.mul_(per_member(decay, p)).add_(g * per_member(1 - damp, p))
-            g = g + per_member(momentum, p) * buf if opts["nesterov"] else buf
-        p.sub_(per_member(lr, p) * g)
-        step.add_(1)
+
+def update(p: Tensor, g: Tensor, s: State, c: Mapping[str, Tensor],
+           opts: Mapping[str, Any]) -> None:
+    """p -= lr * d, where d is the gradient (plus weight decay) or its momentum average."""
+    g = g + c["weight_decay"] * p
+    if "momentum_buffer" in s:
+        buf = s["momentum_buffer"]
+        buf.mul_(c["decay"]).add_(g * c["keep"])
+        g = g + c["momentum"] * buf if opts["nesterov"] else buf
+    p.sub_(c["lr"] * g)
 
 
 class SGD(MetaOptimizer):
@@ -52,9 +53,10 @@ class SGD(MetaOptimizer):
     hypers = (Hyper("lr"), Hyper("momentum"), Hyper("dampening", low=-float("inf")),
               Hyper("weight_decay"))
     init = staticmethod(init)
-    rule = staticmethod(rule)
+    coefficients = staticmethod(coefficients)
+    update = staticmethod(update)
+    rule = staticmethod(per_parameter(coefficients, update))
     elementwise = True
-
     def __init__(self, params, lr: float | Tensor = 1e-3, momentum: float = 0,
                  dampening: float = 0, weight_decay: float | Tensor = 0,
                  nesterov: bool = False, *, maximize: bool = False,
