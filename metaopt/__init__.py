@@ -1,10 +1,16 @@
 """metaopt: choose, tune, schedule and learn PyTorch optimizers.
 
-The optimizer core lives in :mod:`metaopt.optim`; every numeric hyperparameter is a tensor, so
-schedules, searches and populations change values by writing into them.
+- :mod:`metaopt.optim`: torch.optim-compatible optimizers whose hyperparameters are tensors,
+  for one model or a population of stacked models;
+- :mod:`metaopt.schedules`: schedules as pure functions of the step;
+- :mod:`metaopt.tasks`: the Task protocol and built-in tasks;
+- :func:`train` one model, :func:`train_population` many at once.
 """
 
-from metaopt import optim
+from metaopt import optim, schedules, tasks
+from metaopt.population import Population, PopulationResult, train_population
+from metaopt.train import TrainResult, train
 
-__all__ = ["optim"]
+__all__ = ["optim", "schedules", "tasks", "train", "TrainResult", "train_population",
+           "Population", "PopulationResult"]
 __version__ = "0.1.0"
