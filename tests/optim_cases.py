@@ -105,7 +105,31 @@ TORCH_CASES = [
 ]
 
 # Optimizers beyond torch.optim (checked against references written from their papers).
-BEYOND_TORCH_CASES: list[Case] = []
+BEYOND_TORCH_CASES: list[Case] = [
+    Case("adabound", [{}, {"amsbound": True, "weight_decay": 0.1},
+                      {"lr": T(0.01), "final_lr": 0.05, "gamma": 0.1},
+                      {"maximize": True, "betas": (0.5, 0.9), "eps": 1e-4, "gamma": 0.0}],
+         members={"lr": [0.001, 0.01, 0.03], "betas": ([0.9, 0.5, 0.0], [0.999, 0.9, 0.5]),
+                  "final_lr": [0.1, 0.01, 0.5], "gamma": [1e-3, 0.1, 0.0],
+                  "eps": [1e-8, 1e-3, 1e-5], "weight_decay": [0.0, 0.1, 0.01]},
+         quadratic={"lr": 0.05}, torch_twin=False),
+    Case("lamb", [{}, {"weight_decay": 0.1, "lr": 0.01}, {"bias_correction": False, "eps": 1e-3},
+                  {"maximize": True, "betas": (0.8, 0.99), "lr": T(0.02)}],
+         members={"lr": [0.001, 0.01, 0.03], "betas": ([0.9, 0.5, 0.0], [0.999, 0.9, 0.5]),
+                  "eps": [1e-6, 1e-3, 1e-8], "weight_decay": [0.0, 0.1, 0.01]},
+         quadratic={"lr": 0.05}, torch_twin=False),
+    Case("lion", [{}, {"lr": 1e-3, "weight_decay": 0.1}, {"betas": (0.5, 0.9), "lr": T(0.01)},
+                  {"maximize": True, "betas": (0.0, 0.5), "lr": 3e-3}],
+         members={"lr": [1e-4, 1e-3, 1e-2], "betas": ([0.9, 0.5, 0.0], [0.99, 0.9, 0.5]),
+                  "weight_decay": [0.0, 0.1, 1.0]},
+         quadratic={"lr": 0.02}, torch_twin=False),
+    Case("lookahead", [{}, {"base": "sgd", "lr": 0.05, "momentum": 0.9, "k": 3},
+                       {"base": "rmsprop", "alpha": 0.9, "lookahead_alpha": 0.3},
+                       {"k": 2, "alpha": 0.8, "lr": 0.01, "weight_decay": 0.1}],
+         members={"lr": [0.001, 0.01, 0.03], "betas": ([0.9, 0.5, 0.0], [0.999, 0.9, 0.5]),
+                  "k": [2, 3, 5], "alpha": [0.5, 0.8, 0.2]},
+         quadratic={"lr": 0.05}, torch_twin=False),
+]
 
 CASES = TORCH_CASES + BEYOND_TORCH_CASES  # every optimizer: invariants and populations
 BY_NAME = {c.name: c for c in CASES}

@@ -20,8 +20,9 @@ import torch
 from torch import Tensor
 
 from metaopt.optim.adam import BETAS
+from metaopt.optim.elementwise import per_parameter
 from metaopt.optim.hyperparams import Hyper
-from metaopt.optim.members import new_step, per_member
+from metaopt.optim.members import new_step
 from metaopt.optim.optimizer import MetaOptimizer, State
 
 
@@ -45,27 +46,29 @@ def bounds(hp: Mapping[str, Tensor], step: Tensor) -> tuple[Tensor, Tensor]:
     return lower, upper
 
 
-def rule(params: list[Tensor], grads: list[Tensor], states: list[State],
-         hp: Mapping[str, Tensor], opts: Mapping[str, Any]) -> None:
+def coefficients(hp: Mapping[str, Tensor], counters: dict, opts: Mapping[str, Any]) -> dict:
+    step = counters["step"].add_(1)
+    lower, upper = bounds(hp, step)
+    return {"weight_decay": hp["weight_decay"], "one_minus_beta1": 1 - hp["beta1"],
+            "beta2": hp["beta2"], "one_minus_beta2": 1 - hp["beta2"], "eps": hp["eps"],
+            "step_size": hp["lr"] * (1 - hp["beta2"] ** step).sqrt() / (1 - hp["beta1"] ** step),
+            "lower": lower, "upper": upper}
+
+
+def update(p: Tensor, g: Tensor, s: State, c: Mapping[str, Tensor],
+           opts: Mapping[str, Any]) -> None:
     """m = β1 m + (1-β1) g; v = β2 v + (1-β2) g²;
-    p -= clip(lr·√(1-β2ᵗ)/(1-β1ᵗ) / (√v + eps), η_l(t), η_u(t)) · m."""
-    beta1, beta2 = hp["beta1"], hp["beta2"]
-    for p, g, s in zip(params, grads, states):
-        step = s["step"].add_(1)
-        g = g + per_member(hp["weight_decay"], p) * p
-        exp_avg, exp_avg_sq = s["exp_avg"], s["exp_avg_sq"]
-        exp_avg.lerp_(g, per_member(1 - beta1, p))
-        exp_avg_sq.mul_(per_member(beta2, p)).add_(per_member(1 - beta2, p) * g * g)
-        if opts["amsbound"]:
-            second = torch.maximum(s["max_exp_avg_sq"], exp_avg_sq, out=s["max_exp_avg_sq"])
-        else:
-            second = exp_avg_sq
-        denom = second.sqrt().add_(per_member(hp["eps"], p))
-        step_size = hp["lr"] * (1 - beta2**step).sqrt() / (1 - beta1**step)
-        lower, upper = bounds(hp, step)
-        rate = (per_member(step_size, p) / denom).clamp_(per_member(lower, p),
-                                                         per_member(upper, p))
-        p.sub_(rate * exp_avg)
+    p -= clip(lr·√(1-β2ᵗ)/(1-β1ᵗ) / (√v + eps), η_l(t), η_u(t)) · m (max(v) under amsbound)."""
+    g = g + c["weight_decay"] * p
+    exp_avg, exp_avg_sq = s["exp_avg"], s["exp_avg_sq"]
+    exp_avg.lerp_(g, c["one_minus_beta1"])
+    exp_avg_sq.mul_(c["beta2"]).add_(c["one_minus_beta2"] * g * g)
+    second = exp_avg_sq
+    if opts["amsbound"]:
+        second = torch.maximum(s["max_exp_avg_sq"], exp_avg_sq, out=s["max_exp_avg_sq"])
+    denom = second.sqrt().add_(c["eps"])
+    rate = (c["step_size"] / denom).clamp_(c["lower"], c["upper"])
+    p.sub_(rate * exp_avg)
 
 
 class AdaBound(MetaOptimizer):
@@ -74,18 +77,22 @@ class AdaBound(MetaOptimizer):
     hypers = (Hyper("lr"), BETAS, Hyper("final_lr"), Hyper("gamma", high=1.0, high_open=True),
               Hyper("eps"), Hyper("weight_decay"), Hyper("base_lr", optional=("base_lr",)))
     init = staticmethod(init)
-    rule = staticmethod(rule)
+    coefficients = staticmethod(coefficients)
+    update = staticmethod(update)
+    rule = staticmethod(per_parameter(coefficients, update))
+    elementwise = True
 
     def __init__(self, params, lr: float | Tensor = 1e-3,
                  betas: tuple[float | Tensor, float | Tensor] = (0.9, 0.999),
                  final_lr: float | Tensor = 0.1, gamma: float | Tensor = 1e-3,
                  eps: float | Tensor = 1e-8, weight_decay: float | Tensor = 0,
                  amsbound: bool = False, *, base_lr: float | Tensor | None = None,
-                 maximize: bool = False, population: int | None = None) -> None:
+                 maximize: bool = False, population: int | None = None,
+                 backend: str = "auto") -> None:
         defaults = dict(lr=lr, betas=betas, final_lr=final_lr, gamma=gamma, eps=eps,
                         weight_decay=weight_decay, amsbound=amsbound, base_lr=base_lr,
                         maximize=maximize)
-        super().__init__(params, defaults, population=population)
+        super().__init__(params, defaults, population=population, backend=backend)
 
     def check_group(self, group) -> None:
         """``base_lr`` defaults to the group's lr at construction (a copy of it)."""

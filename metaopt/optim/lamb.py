@@ -66,7 +66,7 @@ class LAMB(MetaOptimizer):
                  betas: tuple[float | Tensor, float | Tensor] = (0.9, 0.999),
                  eps: float | Tensor = 1e-6, weight_decay: float | Tensor = 0.0,
                  bias_correction: bool = True, *, maximize: bool = False,
-                 population: int | None = None) -> None:
+                 population: int | None = None, backend: str = "auto") -> None:
         defaults = dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay,
                         bias_correction=bias_correction, maximize=maximize)
-        super().__init__(params, defaults, population=population)
+        super().__init__(params, defaults, population=population, backend=backend)

@@ -14,8 +14,8 @@ import torch
 from torch import Tensor
 
 from metaopt.optim.adam import BETAS
+from metaopt.optim.elementwise import per_parameter
 from metaopt.optim.hyperparams import Hyper
-from metaopt.optim.members import per_member
 from metaopt.optim.optimizer import MetaOptimizer, State
 
 
@@ -23,16 +23,19 @@ def init(param: Tensor, hp: Mapping[str, Tensor], opts: Mapping[str, Any]) -> St
     return {"exp_avg": torch.zeros_like(param, memory_format=torch.preserve_format)}
 
 
-def rule(params: list[Tensor], grads: list[Tensor], states: list[State],
-         hp: Mapping[str, Tensor], opts: Mapping[str, Any]) -> None:
+def coefficients(hp: Mapping[str, Tensor], counters: dict, opts: Mapping[str, Any]) -> dict:
+    return {"lr": hp["lr"], "decay": 1 - hp["lr"] * hp["weight_decay"],
+            "one_minus_beta1": 1 - hp["beta1"], "one_minus_beta2": 1 - hp["beta2"]}
+
+
+def update(p: Tensor, g: Tensor, s: State, c: Mapping[str, Tensor],
+           opts: Mapping[str, Any]) -> None:
     """u = sign(β1 m + (1-β1) g); p ← p(1 - lr·wd) - lr·u; m ← β2 m + (1-β2) g."""
-    lr, beta1, beta2 = hp["lr"], hp["beta1"], hp["beta2"]
-    for p, g, s in zip(params, grads, states):
-        exp_avg = s["exp_avg"]
-        update = exp_avg.lerp(g, per_member(1 - beta1, p)).sign_()
-        p.mul_(per_member(1 - lr * hp["weight_decay"], p))
-        p.sub_(per_member(lr, p) * update)
-        exp_avg.lerp_(g, per_member(1 - beta2, p))
+    exp_avg = s["exp_avg"]
+    direction = exp_avg.lerp(g, c["one_minus_beta1"]).sign_()
+    p.mul_(c["decay"])
+    p.sub_(c["lr"] * direction)
+    exp_avg.lerp_(g, c["one_minus_beta2"])
 
 
 class Lion(MetaOptimizer):
@@ -40,11 +43,14 @@ class Lion(MetaOptimizer):
 
     hypers = (Hyper("lr"), BETAS, Hyper("weight_decay"))
     init = staticmethod(init)
-    rule = staticmethod(rule)
+    coefficients = staticmethod(coefficients)
+    update = staticmethod(update)
+    rule = staticmethod(per_parameter(coefficients, update))
+    elementwise = True
 
     def __init__(self, params, lr: float | Tensor = 1e-4,
                  betas: tuple[float | Tensor, float | Tensor] = (0.9, 0.99),
                  weight_decay: float | Tensor = 0.0, *, maximize: bool = False,
-                 population: int | None = None) -> None:
+                 population: int | None = None, backend: str = "auto") -> None:
         defaults = dict(lr=lr, betas=betas, weight_decay=weight_decay, maximize=maximize)
-        super().__init__(params, defaults, population=population)
+        super().__init__(params, defaults, population=population, backend=backend)
