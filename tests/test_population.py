@@ -6,6 +6,7 @@ import pytest
 import torch
 from torch import nn
 
+import metaopt
 from metaopt.population import Population, train_population
 from metaopt.tasks import Task
 
@@ -36,16 +37,10 @@ def _tiny_task() -> Task:
 
 
 def _single_run(task, name, hparams, seed, steps):
-    """What metaopt.train does for one run: seed, build, own generator, closure steps."""
-    import metaopt
-
-    torch.manual_seed(seed)
-    module = task.model()
-    opt = metaopt.optim.create(name, module.parameters(), **hparams)
-    batches = task.data(torch.Generator().manual_seed(seed))
-    for _ in range(steps):
-        task.run_step(module, opt, next(batches))
-    return module, task.evaluate(module)
+    """One separate ``metaopt.train`` run: its trained module and validation loss."""
+    result = metaopt.train(task, name, hparams, steps=steps, seed=seed, progress=False)
+    assert result.ok
+    return result.module, result.value
 
 
 HPARAMS = [{"lr": 0.01, "betas": (0.9, 0.999)}, {"lr": 0.05, "betas": (0.8, 0.99)},

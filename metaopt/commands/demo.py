@@ -47,6 +47,15 @@ def train_once(task: tasks.Task, name: str, hparams: dict, steps: int, seed: int
     return task.evaluate(module), seconds
 
 
+def add_arguments(parser) -> None:
+    parser.add_argument("--steps", type=int, default=None, help="steps per optimizer")
+
+
+def run(args) -> int:
+    main(args.steps)
+    return 0
+
+
 def main(steps: int | None = None) -> list[dict]:
     torch.set_flush_denormal(True)
     task = tasks.get("digits_mlp")

@@ -1,0 +1,17 @@
+"""The ``metaopt`` subcommands: each module offers ``add_arguments(parser)`` and
+``run(args) -> int``; ``COMMANDS`` maps a name to its module (later commands plug in here)."""
+
+from __future__ import annotations
+
+import importlib
+from types import ModuleType
+
+COMMANDS: dict[str, tuple[str, str]] = {
+    "demo": ("metaopt.commands.demo", "compare optimizers on the digits MLP (the main job)"),
+    "train": ("metaopt.commands.train", "train one model as an experiment file describes"),
+    "report": ("metaopt.commands.report", "render a run directory's figures and report.md"),
+}
+
+
+def load(name: str) -> ModuleType:
+    return importlib.import_module(COMMANDS[name][0])

@@ -1,0 +1,207 @@
+"""Experiment files: one YAML schema, a common head plus one section per command.
+
+    name: digits-adamw          # run directory runs/<name>/
+    task: digits_mlp            # built-in name or "package.module:attribute"
+    steps: 300                  # optional; default: the task's
+    seed: 0
+    train: {optimizer: adamw, hparams: {lr: 3.0e-3}, schedule: {name: cosine, T_max: 300}}
+    search: {...}   pbt: {...}   select: {...}   meta_train: {...}
+
+Unknown keys are errors; numbers written ``1e-5`` (which YAML reads as strings) are numbers.
+Every problem is reported as one :class:`ExperimentError` naming the file, the key and what
+was expected.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+_FLOAT = re.compile(r"^[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?$")
+
+
+class ExperimentError(ValueError):
+    """A malformed experiment: ``file: key: expected ..., got ...``."""
+
+    def __init__(self, file: str | Path, key: str, expected: str, got: Any = None) -> None:
+        got_text = "" if got is None else f", got {got!r}"
+        super().__init__(f"{file}: {key}: expected {expected}{got_text}")
+        self.file, self.key = str(file), key
+
+
+def as_number(value: Any) -> Any:
+    """YAML's ``1e-5`` is a string; turn numeric strings into floats, leave the rest."""
+    if isinstance(value, str) and _FLOAT.match(value.strip()):
+        return float(value)
+    if isinstance(value, Mapping):
+        return {k: as_number(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [as_number(v) for v in value]
+    return value
+
+
+# -- value checks: (predicate, what was expected) --------------------------------------------
+Check = tuple[Callable[[Any], bool], str]
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool) or (
+        isinstance(v, float) and v.is_integer())
+
+
+STRING: Check = (lambda v: isinstance(v, str) and v != "", "a non-empty string")
+POS_INT: Check = (lambda v: _is_int(v) and v > 0, "a positive integer")
+NONNEG_INT: Check = (lambda v: _is_int(v) and v >= 0, "a non-negative integer")
+INT: Check = (_is_int, "an integer")
+NUMBER: Check = (lambda v: isinstance(v, (int, float)) and not isinstance(v, bool)
+                 and math.isfinite(v), "a number")
+FRACTION: Check = (lambda v: NUMBER[0](v) and 0 <= v <= 1, "a number in [0, 1]")
+BOOL: Check = (lambda v: isinstance(v, bool), "true or false")
+MAPPING: Check = (lambda v: isinstance(v, Mapping), "a mapping")
+OPT_STRING: Check = (lambda v: v is None or STRING[0](v), "a string or null")
+NAMES: Check = (lambda v: STRING[0](v) or (isinstance(v, list) and v != []
+                                           and all(STRING[0](x) for x in v)),
+                "a name or a non-empty list of names")
+LIST: Check = (lambda v: isinstance(v, list), "a list")
+SPACE: Check = (lambda v: STRING[0](v) or isinstance(v, Mapping),
+                "a search-space file path or an inline mapping")
+
+
+def one_of(*choices: str) -> Check:
+    return (lambda v: v in choices, f"one of {', '.join(choices)}")
+
+
+@dataclass(frozen=True)
+class Key:
+    check: Check
+    default: Any = None
+    required: bool = False
+
+
+HEAD = {
+    "name": Key(STRING, required=True),
+    "task": Key(STRING, required=True),
+    "steps": Key(POS_INT),
+    "seed": Key(INT, 0),
+    "storage": Key(OPT_STRING),
+    "device": Key(STRING, "cpu"),
+}
+
+SECTIONS: dict[str, dict[str, Key]] = {
+    "train": {
+        "optimizer": Key(STRING, required=True),
+        "hparams": Key(MAPPING, {}),
+        "schedule": Key(MAPPING),
+        "eval_every": Key(POS_INT),
+    },
+    "search": {
+        "optimizer": Key(NAMES, required=True),
+        "space": Key(SPACE, required=True),
+        "schedule": Key(SPACE),
+        "sampler": Key(one_of("tpe", "cmaes", "gp", "random", "auto"), "tpe"),
+        "pruner": Key(one_of("hyperband", "median", "none"), "hyperband"),
+        "trials": Key(POS_INT, 64),
+        "population": Key(POS_INT, 16),
+    },
+    "pbt": {
+        "optimizer": Key(STRING, "adamw"),
+        "space": Key(SPACE),
+        "population": Key(POS_INT, 16),
+        "interval": Key(POS_INT, 25),
+        "quantile": Key(FRACTION, 0.25),
+        "resample": Key(FRACTION, 0.25),
+        "backend": Key(one_of("local", "ray"), "local"),
+        "ray_address": Key(OPT_STRING),
+    },
+    "select": {
+        "candidates": Key(NAMES),
+        "budget": Key(POS_INT, 40000),
+    },
+    "meta_train": {
+        "tasks": Key(NAMES, ("quadratic", "digits_mlp_sigmoid")),
+        "unroll": Key(POS_INT, 20),
+        "horizon": Key(POS_INT, 100),
+    },
+}
+
+
+@dataclass
+class Experiment:
+    """A validated experiment: the head's fields plus the sections present."""
+
+    file: str
+    name: str
+    task: str
+    steps: int | None
+    seed: int
+    storage: str | None
+    device: str
+    sections: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    def section(self, command: str) -> dict[str, Any]:
+        """The section a command needs; an ExperimentError if the file has none."""
+        key = command.replace("-", "_")
+        if key not in self.sections:
+            raise ExperimentError(self.file, key, f"a '{key}:' section for "
+                                                  f"`metaopt {command}`", None)
+        return self.sections[key]
+
+
+def _validate(file: str, where: str, given: Mapping[str, Any], schema: Mapping[str, Key]
+              ) -> dict[str, Any]:
+    out = {}
+    for key in given:
+        if key not in schema:
+            raise ExperimentError(file, f"{where}{key}", f"one of the keys "
+                                  f"{', '.join(schema)} (unknown key)", None)
+    for key, spec in schema.items():
+        if key not in given or given[key] is None and not spec.required:
+            if spec.required:
+                raise ExperimentError(file, f"{where}{key}", spec.check[1] + " (required)")
+            out[key] = spec.default
+            continue
+        value = given[key]
+        ok, expected = spec.check
+        if not ok(value):
+            raise ExperimentError(file, f"{where}{key}", expected, value)
+        out[key] = int(value) if spec.check in (POS_INT, NONNEG_INT, INT) else value
+    return out
+
+
+def load(path: str | Path) -> Experiment:
+    """Read and validate an experiment file (``yaml.safe_load``)."""
+    file = str(path)
+    try:
+        text = Path(path).read_text()
+    except OSError as err:
+        raise ExperimentError(file, "(file)", "a readable YAML file",
+                              err.strerror or str(err)) from None
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f"line {mark.line + 1}" if mark is not None else "(syntax)"
+        raise ExperimentError(file, where, "valid YAML",
+                              str(getattr(err, "problem", err))) from None
+    if not isinstance(raw, Mapping):
+        raise ExperimentError(file, "(top level)", "a mapping of keys", raw)
+    raw = as_number(dict(raw))
+    head_keys = {k: v for k, v in raw.items() if k in HEAD}
+    section_keys = {k: v for k, v in raw.items() if k not in HEAD}
+    for key in section_keys:
+        if key not in SECTIONS:
+            raise ExperimentError(file, key, f"one of the keys {', '.join([*HEAD, *SECTIONS])} "
+                                  f"(unknown key)", None)
+    head = _validate(file, "", head_keys, HEAD)
+    sections = {}
+    for key, value in section_keys.items():
+        if not isinstance(value, Mapping):
+            raise ExperimentError(file, key, "a mapping", value)
+        sections[key] = _validate(file, f"{key}.", value, SECTIONS[key])
+    return Experiment(file=file, sections=sections, **head)

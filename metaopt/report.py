@@ -1,0 +1,81 @@
+"""``metaopt report RUN_DIR``: a run's figures and a Markdown report a person can open.
+
+Every command's run directory has ``summary.json``; what else the report shows depends on
+what the command left: a training run's ``result.json`` gives loss, schedule and gradient
+figures. Commands add renderers to ``RENDERERS``.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+from metaopt import runs
+
+
+def _train_figures(directory: Path, summary: dict[str, Any]) -> list[tuple[str, Path]]:
+    data_file = directory / "result.json"
+    if not data_file.exists():
+        return []
+    from metaopt import plots
+
+    data = json.loads(data_file.read_text())
+    result = SimpleNamespace(
+        curve=[tuple(x) for x in data["curve"] if x[1] is not None],
+        val_curve=[tuple(x) for x in data["val_curve"] if x[1] is not None],
+        diagnostics=data["diagnostics"], task=summary["task"],
+        optimizer=summary["best"]["optimizer"], status=data["status"],
+        diverged_at=data["diverged_at"], reason=data["reason"])
+    figures = [("Loss", plots.plot_loss(result, directory / "loss.png"))]
+    if any("grad_norm" in r for r in result.diagnostics):
+        figures.append(("Gradient norm and update ratio",
+                        plots.plot_grad_norm(result, directory / "grad_norm.png")))
+    lrs = [r["lr"] for r in result.diagnostics if r.get("lr") is not None]
+    if lrs:
+        figures.append(("Learning rate", plots.plot_schedule(lrs, len(lrs),
+                                                             directory / "lr.png")))
+    return figures
+
+
+RENDERERS: dict[str, Callable[[Path, dict[str, Any]], list[tuple[str, Path]]]] = {
+    "train": _train_figures,
+}
+
+
+def _format(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    if isinstance(value, dict):
+        return ", ".join(f"{k}={_format(v)}" for k, v in value.items()) or "—"
+    return "—" if value is None else str(value)
+
+
+def render(directory: str | Path) -> Path:
+    """Write the run's figures and ``report.md``; returns the report's path."""
+    directory = Path(directory)
+    summary = runs.read_summary(directory)
+    renderer = RENDERERS.get(summary["command"], lambda d, s: [])
+    figures = renderer(directory, summary)
+    best = summary["best"]
+    lines = [f"# {summary['command']}: {summary['task']}", "",
+             "| | |", "|---|---|",
+             f"| optimizer | {best['optimizer']} |",
+             f"| hyperparameters | {_format(best['hparams'])} |",
+             f"| schedule | {_format(best['schedule'])} |",
+             f"| validation loss | {_format(best['value'])} |",
+             f"| gradient evaluations | {summary['evaluations']:,} |",
+             f"| wall time | {summary['wall_seconds']:.1f} s |"]
+    for key in ("status", "reason"):
+        if summary.get(key):
+            lines.append(f"| {key} | {summary[key]} |")
+    result_file = directory / "result.json"
+    if result_file.exists():
+        warnings = json.loads(result_file.read_text()).get("warnings", [])
+        if warnings:
+            lines += ["", "## Warnings", "", *[f"- {w}" for w in warnings]]
+    for title, path in figures:
+        lines += ["", f"## {title}", "", f"![{title}]({Path(path).name})"]
+    return runs.write_atomic(directory / "report.md", "\n".join(lines) + "\n")
