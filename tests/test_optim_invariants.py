@@ -136,3 +136,20 @@ def test_closures_hooks_and_zero_grad():
     assert calls == ["pre", "post"]
     opt.zero_grad()
     assert x.grad is None
+
+
+@pytest.mark.parametrize("case", CASES, ids=str)
+def test_deepcopy_mid_training_continues_identically(case):
+    params, loss = problem(case.matrices_only)
+    ps, opt = run(lambda ps: metaopt.optim.create(case.name, ps), params, loss, 3)
+    twin = copy.deepcopy(opt)
+    qs = twin.param_groups[0]["params"] if len(twin.param_groups) == 1 else None
+    if qs is None or len(qs) != len(ps):
+        pytest.skip("several groups")
+    for params_, opt_ in ((ps, opt), (qs, twin)):
+        for _ in range(3):
+            opt_.zero_grad()
+            loss(params_).backward()
+            opt_.step()
+    for a, b in zip(ps, qs):
+        assert torch.equal(a, b)

@@ -250,6 +250,8 @@ class MetaOptimizer(torch.optim.Optimizer):
                 fresh = type(self).init(p[i:i + 1], hp, opts)
                 for key, value in fresh.items():
                     state[key][i:i + 1].copy_(value)
+        for transform in self.transforms:
+            transform.reset_member(i)
 
     @torch.no_grad()
     def copy_member(self, src: int, dst: int, *, params: bool = True, state: bool = True,
@@ -270,6 +272,19 @@ class MetaOptimizer(torch.optim.Optimizer):
                     for value in self.state.get(p, {}).values():
                         if isinstance(value, Tensor):
                             value[dst] = value[src]
+        for transform in self.transforms:
+            transform.copy_member(src, dst, hparams=hparams)
+
+    # -- copies -------------------------------------------------------------------------
+    def __getstate__(self) -> dict[str, Any]:
+        state = super().__getstate__()
+        state["transforms"] = self.transforms
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        super().__setstate__(state)
+        self.__dict__.setdefault("transforms", [])
+        self._buckets, self._flat_mode = {}, {}  # rebuilt from per-parameter state on use
 
     # -- checkpoints --------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
