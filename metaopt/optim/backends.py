@@ -22,7 +22,7 @@ from typing import Any
 
 import torch
 
-from metaopt.optim.elementwise import broadcast
+from metaopt.optim.elementwise import Segments, as_blocks, broadcast, segmented_step
 
 BACKENDS = ("auto", "reference", "eager", "compiled")
 COMPILE_MIN_NUMEL = 1 << 20
@@ -39,19 +39,32 @@ def resolve(backend: str, elementwise: bool, numel: int) -> str:
     return backend
 
 
-def _flat_update(update: Callable, param, grad, state, coefficients, opts) -> None:
-    if opts.get("maximize", False):
+def _with_gradient(update: Callable, param, grad, *args):
+    """``update`` with the gradient negated under ``maximize`` (options come last but one or
+    last: every elementwise part takes ``(param, grad, state, coefficients, opts, ...)``)."""
+    if args[2].get("maximize", False):
         grad = -grad
-    update(param, grad, state, coefficients, opts)
+    return update(param, grad, *args)
 
 
 @functools.cache
-def compiled_update(update: Callable) -> Callable:
-    """``update`` over one flat bucket, compiled once per update function: the length is
-    dynamic, so every model size reuses the kernel; coefficients are tensors, so new
-    hyperparameter values reuse it too."""
-    return torch.compile(functools.partial(_flat_update, update), dynamic=True,
-                         fullgraph=True)
+def compiled(fn: Callable) -> Callable:
+    """``fn`` over one flat bucket, compiled once per function: the length is dynamic, so
+    every model size reuses the kernel; coefficients are tensors, so new hyperparameter values
+    reuse it too."""
+    return torch.compile(functools.partial(_with_gradient, fn), dynamic=True, fullgraph=True)
+
+
+def _eager(fn: Callable) -> Callable:
+    return functools.partial(_with_gradient, fn)
+
+
+def _update(algorithm: Any, run: Callable, param, grad, state, coefficients, opts,
+            segments) -> None:
+    if segments is None:
+        run(algorithm.update)(param, grad, state, coefficients, opts)
+        return
+    segmented_step(algorithm, param, grad, state, coefficients, opts, segments, run=run)
 
 
 def run_flat(algorithm: Any, backend: str, bucket: Any, grad, hp, opts: dict[str, Any]) -> str:
@@ -59,14 +72,22 @@ def run_flat(algorithm: Any, backend: str, bucket: Any, grad, hp, opts: dict[str
     bucket: the coefficients eagerly (a few 0-d or ``[P]`` ops), the elementwise update with
     ``backend``. Returns the backend used (``eager`` after a failed compilation)."""
     counters = {k: bucket.state[k][0] for k in bucket.scalar_keys}
-    coefficients = broadcast(algorithm.coefficients(hp, counters, opts), bucket.param)
+    coefficients = algorithm.coefficients(hp, counters, opts)
     for key in bucket.scalar_keys:  # every parameter's counter row follows row 0
         rows = bucket.state[key]
         rows[1:].copy_(rows[0].expand_as(rows[1:]))
+    param = bucket.param
     state = {k: v for k, v in bucket.state.items() if k not in bucket.scalar_keys}
+    segments = None
+    if getattr(algorithm, "segmented", False):
+        members = 1 if bucket.population else 0
+        param, grad = (as_blocks(x, members, bucket.align) for x in (param, grad))
+        state = {k: as_blocks(v, members, bucket.align) for k, v in state.items()}
+        segments = Segments(bucket.block_owner, len(bucket.params))
+    coefficients = broadcast(coefficients, param)
     if backend == "compiled":
         try:
-            compiled_update(algorithm.update)(bucket.param, grad, state, coefficients, opts)
+            _update(algorithm, compiled, param, grad, state, coefficients, opts, segments)
             return "compiled"
         except Exception as err:  # no C++ compiler, unsupported platform, ...
             if not _is_compile_error(err):
@@ -74,7 +95,7 @@ def run_flat(algorithm: Any, backend: str, bucket: Any, grad, hp, opts: dict[str
             warnings.warn(f"metaopt: torch.compile failed ({type(err).__name__}: "
                           f"{str(err).splitlines()[0][:200]}); using the eager backend",
                           stacklevel=3)
-    _flat_update(algorithm.update, bucket.param, grad, state, coefficients, opts)
+    _update(algorithm, _eager, param, grad, state, coefficients, opts, segments)
     return "eager"
 
 

@@ -30,15 +30,19 @@ warnings.filterwarnings("ignore", message="grad and param do not obey the gradie
 class Bucket:
     """Parameters of one group sharing dtype and device, as views into a flat buffer."""
 
-    def __init__(self, params: list[Tensor], population: int | None) -> None:
+    def __init__(self, params: list[Tensor], population: int | None, align: int = 1) -> None:
         self.params = params
         self.population = population
+        self.align = align
         first = params[0]
         sizes = [(p[0] if population else p).numel() for p in params]
-        self.offsets = [sum(sizes[:i]) for i in range(len(sizes))]
+        spans = [-(-n // align) * align for n in sizes]  # each parameter starts on a boundary
+        self.offsets = [sum(spans[:i]) for i in range(len(spans))]
         self.sizes = sizes
-        shape = (population, sum(sizes)) if population else (sum(sizes),)
-        self.param = torch.empty(shape, dtype=first.dtype, device=first.device)
+        self.block_owner = torch.repeat_interleave(
+            torch.arange(len(params)), torch.tensor(spans) // align).to(first.device)
+        shape = (population, sum(spans)) if population else (sum(spans),)
+        self.param = torch.zeros(shape, dtype=first.dtype, device=first.device)
         self.grad = torch.zeros_like(self.param)
         self.state: dict[str, Tensor] = {}
         with torch.no_grad():
@@ -50,6 +54,7 @@ class Bucket:
                 if grad is not None:
                     p.grad = self.view(self.grad, p, i).copy_(grad)
         self._ptrs = [p.data_ptr() for p in params]
+        self.grad_views = [self.view(self.grad, p, i) for i, p in enumerate(params)]
 
     def view(self, flat: Tensor, p: Tensor, i: int) -> Tensor:
         """The slice of ``flat`` that holds parameter ``p`` (the ``i``-th), shaped like it."""
@@ -69,12 +74,13 @@ class Bucket:
         """Make every ``p.grad`` the view into the flat gradient, copying a gradient that
         autograd or the user put elsewhere (after ``zero_grad(set_to_none=True)``).
         With ``zero_grad(set_to_none=False)`` the views stay and backward writes into them."""
-        for i, p in enumerate(self.params):
-            view = self.view(self.grad, p, i)
+        for p, view in zip(self.params, self.grad_views):
             g = p.grad
+            if g is view:
+                continue
             if g.data_ptr() != view.data_ptr() or g.stride() != view.stride():
                 view.copy_(g)
-                p.grad = view
+            p.grad = view
 
     # -- state ---------------------------------------------------------------------------
     def init_state(self, init: Callable, hp: Mapping[str, Tensor | None],

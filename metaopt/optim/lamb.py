@@ -14,8 +14,9 @@ import torch
 from torch import Tensor
 
 from metaopt.optim.adam import BETAS
+from metaopt.optim.elementwise import per_parameter_segmented
 from metaopt.optim.hyperparams import Hyper
-from metaopt.optim.members import member_norm, new_step, per_member
+from metaopt.optim.members import new_step
 from metaopt.optim.optimizer import MetaOptimizer, State
 
 
@@ -25,33 +26,55 @@ def init(param: Tensor, hp: Mapping[str, Tensor], opts: Mapping[str, Any]) -> St
             "exp_avg_sq": torch.zeros_like(param, memory_format=torch.preserve_format)}
 
 
-def trust_ratio(p: Tensor, update: Tensor, population: bool) -> Tensor:
-    """||p|| / ||update|| per member, 1 where either norm is 0 (a zero-initialised layer
-    still moves, and a zero update stays zero)."""
-    weight_norm, update_norm = member_norm(p, population), member_norm(update, population)
+def coefficients(hp: Mapping[str, Tensor], counters: dict, opts: Mapping[str, Any]) -> dict:
+    step = counters["step"].add_(1)
+    c = {"lr": hp["lr"], "one_minus_beta1": 1 - hp["beta1"], "beta2": hp["beta2"],
+         "one_minus_beta2": 1 - hp["beta2"], "eps": hp["eps"],
+         "weight_decay": hp["weight_decay"]}
+    if opts["bias_correction"]:
+        c["bias_correction1"] = 1 - hp["beta1"] ** step
+        c["bias_correction2"] = 1 - hp["beta2"] ** step
+    return c
+
+
+def moments(g: Tensor, s: State, c: Mapping[str, Tensor]) -> tuple[Tensor, Tensor]:
+    """The new moments m = β1 m + (1-β1) g and v = β2 v + (1-β2) g², not yet stored."""
+    m = s["exp_avg"].lerp(g, c["one_minus_beta1"])
+    v = s["exp_avg_sq"] * c["beta2"] + c["one_minus_beta2"] * g * g
+    return m, v
+
+
+def direction(p: Tensor, m: Tensor, v: Tensor, c: Mapping[str, Tensor],
+              opts: Mapping[str, Any]) -> Tensor:
+    """u = m̂ / (√v̂ + eps) + wd·p, with m̂ = m/(1-β1ᵗ), v̂ = v/(1-β2ᵗ) (or m, v as they are)."""
+    if opts["bias_correction"]:
+        m, v = m / c["bias_correction1"], v / c["bias_correction2"]
+    return m / (v.sqrt() + c["eps"]) + c["weight_decay"] * p
+
+
+def measure(p: Tensor, g: Tensor, s: State, c: Mapping[str, Tensor],
+            opts: Mapping[str, Any]) -> tuple[Tensor, Tensor]:
+    """Per-block sums of p² and u², reading the state without writing it (a pure reduction:
+    one pass; ``apply`` recomputes u and stores the moments)."""
+    u = direction(p, *moments(g, s, c), c, opts)
+    return p.square().sum(-1), u.square().sum(-1)
+
+
+def combine(weight_sq: Tensor, update_sq: Tensor) -> Tensor:
+    """The trust ratio ||p|| / ||u|| of each parameter, 1 where either norm is 0."""
+    weight_norm, update_norm = weight_sq.sqrt(), update_sq.sqrt()
     return torch.where((weight_norm > 0) & (update_norm > 0), weight_norm / update_norm, 1.0)
 
 
-def rule(params: list[Tensor], grads: list[Tensor], states: list[State],
-         hp: Mapping[str, Tensor], opts: Mapping[str, Any]) -> None:
-    """m = β1 m + (1-β1) g; v = β2 v + (1-β2) g²; r = m̂ / (√v̂ + eps) with m̂ = m/(1-β1ᵗ),
-    v̂ = v/(1-β2ᵗ) (or m, v without bias correction); u = r + wd·p; p -= lr · ||p||/||u|| · u."""
-    population = opts["population"] is not None
-    beta1, beta2 = hp["beta1"], hp["beta2"]
-    for p, g, s in zip(params, grads, states):
-        step = s["step"].add_(1)
-        exp_avg, exp_avg_sq = s["exp_avg"], s["exp_avg_sq"]
-        exp_avg.lerp_(g, per_member(1 - beta1, p))
-        exp_avg_sq.mul_(per_member(beta2, p)).add_(per_member(1 - beta2, p) * g * g)
-        if opts["bias_correction"]:
-            m_hat = exp_avg / per_member(1 - beta1**step, p)
-            v_hat = exp_avg_sq / per_member(1 - beta2**step, p)
-        else:
-            m_hat, v_hat = exp_avg, exp_avg_sq
-        update = m_hat / (v_hat.sqrt() + per_member(hp["eps"], p))
-        update.add_(per_member(hp["weight_decay"], p) * p)
-        ratio = trust_ratio(p, update, population)
-        p.sub_(per_member(hp["lr"] * ratio, p) * update)
+def apply(p: Tensor, g: Tensor, s: State, c: Mapping[str, Tensor], opts: Mapping[str, Any],
+          ratio: Tensor) -> None:
+    """m, v updated; p -= lr · ||p||/||u|| · u: Adam's direction with weight decay, rescaled
+    per tensor (per member) by the trust ratio (You et al. 2020)."""
+    m, v = moments(g, s, c)
+    u = direction(p, m, v, c, opts)
+    s["exp_avg"].copy_(m)
+    s["exp_avg_sq"].copy_(v)
+    p.sub_(c["lr"] * ratio * u)
 
 
 class LAMB(MetaOptimizer):
@@ -60,7 +83,12 @@ class LAMB(MetaOptimizer):
 
     hypers = (Hyper("lr"), BETAS, Hyper("eps"), Hyper("weight_decay"))
     init = staticmethod(init)
-    rule = staticmethod(rule)
+    coefficients = staticmethod(coefficients)
+    measure = staticmethod(measure)
+    combine = staticmethod(combine)
+    apply = staticmethod(apply)
+    elementwise = True
+    segmented = True
 
     def __init__(self, params, lr: float | Tensor = 1e-3,
                  betas: tuple[float | Tensor, float | Tensor] = (0.9, 0.999),
@@ -70,3 +98,6 @@ class LAMB(MetaOptimizer):
         defaults = dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay,
                         bias_correction=bias_correction, maximize=maximize)
         super().__init__(params, defaults, population=population, backend=backend)
+
+
+LAMB.rule = staticmethod(per_parameter_segmented(LAMB))

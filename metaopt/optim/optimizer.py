@@ -60,6 +60,8 @@ class MetaOptimizer(torch.optim.Optimizer):
     needs_model: ClassVar[bool] = False
     supports_population: ClassVar[bool] = True
     elementwise: ClassVar[bool] = False  # the rule may run on flat buffers (eager/compiled)
+    segmented: ClassVar[bool] = False  # its update also reduces per parameter (see elementwise)
+    block: ClassVar[int] = 256  # block size of a segmented rule's flat buffers
 
     def __init__(self, params: Iterable, defaults: dict[str, Any], *,
                  population: int | None = None, backend: str = "auto") -> None:
@@ -162,8 +164,9 @@ class MetaOptimizer(torch.optim.Optimizer):
             by_kind.setdefault((p.dtype, p.device), []).append(p)
         opts = self.options(group)
         buckets = []
+        align = type(self).block if type(self).segmented else 1
         for members in by_kind.values():
-            bucket = Bucket(members, group.population)
+            bucket = Bucket(members, group.population, align)
             bucket.init_state(type(self).init, group.hparams, opts,
                               [self.state[p] for p in members])
             buckets.append(bucket)
