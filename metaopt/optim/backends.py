@@ -39,32 +39,27 @@ def resolve(backend: str, elementwise: bool, numel: int) -> str:
     return backend
 
 
-def _with_gradient(update: Callable, param, grad, *args):
-    """``update`` with the gradient negated under ``maximize`` (options come last but one or
-    last: every elementwise part takes ``(param, grad, state, coefficients, opts, ...)``)."""
-    if args[2].get("maximize", False):
-        grad = -grad
-    return update(param, grad, *args)
-
-
 @functools.cache
 def compiled(fn: Callable) -> Callable:
-    """``fn`` over one flat bucket, compiled once per function: the length is dynamic, so
-    every model size reuses the kernel; coefficients are tensors, so new hyperparameter values
-    reuse it too."""
-    return torch.compile(functools.partial(_with_gradient, fn), dynamic=True, fullgraph=True)
+    """``fn`` (an elementwise part: ``update``, ``measure``, ``apply``) over one flat bucket,
+    compiled once per function: the length is dynamic, so every model size reuses the kernel;
+    coefficients are tensors, so new hyperparameter values reuse it too. Each function keeps its
+    own code object, so dynamo's per-function cache holds only its own variants."""
+    return torch.compile(fn, dynamic=True, fullgraph=True)
 
 
 def _eager(fn: Callable) -> Callable:
-    return functools.partial(_with_gradient, fn)
+    return fn
 
 
 def _update(algorithm: Any, run: Callable, param, grad, state, coefficients, opts,
             segments) -> None:
+    if opts.get("maximize", False):
+        grad = -grad
     if segments is None:
         run(algorithm.update)(param, grad, state, coefficients, opts)
-        return
-    segmented_step(algorithm, param, grad, state, coefficients, opts, segments, run=run)
+    else:
+        segmented_step(algorithm, param, grad, state, coefficients, opts, segments, run=run)
 
 
 def run_flat(algorithm: Any, backend: str, bucket: Any, grad, hp, opts: dict[str, Any]) -> str:

@@ -55,10 +55,10 @@ def sync(params: list[Tensor], states: list[State], hp: Mapping[str, Tensor]) ->
     k, alpha = hp["lookahead_k"], hp["lookahead_alpha"]
     for p, s in zip(params, states):
         step = s["lookahead_step"].add_(1)
-        due = per_member(torch.remainder(step, k) == 0, p)
+        due = (torch.remainder(step, k) == 0).to(alpha.dtype)
         slow = s["slow_param"]
-        slow.copy_(torch.where(due, slow + per_member(alpha, p) * (p - slow), slow))
-        p.copy_(torch.where(due, slow, p))
+        slow.lerp_(p, per_member(alpha * due, p))  # slow + α (p - slow) when due
+        p.lerp_(slow, per_member(due, p))  # p = slow when due (lerp weight 1 copies exactly)
 
 
 def _add_hypers(group: HyperGroup, values: Mapping[str, Any], where: str) -> None:
