@@ -99,6 +99,7 @@ SECTIONS: dict[str, dict[str, Key]] = {
         "hparams": Key(MAPPING, {}),
         "schedule": Key(MAPPING),
         "eval_every": Key(POS_INT),
+        "landscape": Key(BOOL, True),
     },
     "search": {
         "optimizer": Key(NAMES, required=True),

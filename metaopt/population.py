@@ -170,10 +170,11 @@ class Population:
         losses = losses.detach().double().cpu()
         first = torch.isnan(self.first_loss) & self.active
         self.first_loss[first] = losses[first]
-        for i in torch.nonzero(self.active).flatten().tolist():
-            m = self.members[i]
-            m.curve.append((int(self.steps_done[i]), float(losses[i])))
-            m.steps += 1
+        for m, active, step, loss in zip(self.members, self.active.tolist(),
+                                         self.steps_done.tolist(), losses.tolist()):
+            if active:
+                m.curve.append((int(step), loss))
+                m.steps += 1
         bad = self.active & ~torch.isfinite(losses)
         blown = self.active & torch.isfinite(losses) & (
             losses > BLOWUP * self.first_loss.abs().clamp(min=1e-12))

@@ -15,6 +15,7 @@ import torch
 from torch import Tensor, nn
 from torch.func import functional_call, stack_module_state, vmap
 
+from metaopt.tasks.datasets import Minibatches
 from metaopt.tasks.task import Task
 
 OptimizerFactory = Callable[..., torch.optim.Optimizer]
@@ -96,8 +97,18 @@ class StackedEngine:
                                         **stacked_hparams(hparams))
         self.iters = [member_data(task, s) for s in seeds]
 
+    def next_batch(self) -> Any:
+        """Every member's next batch, stacked; one gather when all members draw rows of the
+        same tensors (the built-in datasets), else one ``next`` per member."""
+        its = self.iters
+        first = its[0]
+        if all(isinstance(it, Minibatches) and len(it.tensors) == len(first.tensors)
+               and all(a is b for a, b in zip(it.tensors, first.tensors)) for it in its):
+            return tuple(t.to(self.device) for t in Minibatches.gather(its))
+        return stack_batches([next(it) for it in its], self.device)
+
     def step(self) -> Tensor:
-        batch = stack_batches([next(it) for it in self.iters], self.device)
+        batch = self.next_batch()
         self.optimizer.zero_grad(set_to_none=False)
         losses = self._losses(*self._tensors, batch)
         losses.sum().backward()

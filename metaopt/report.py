@@ -37,6 +37,9 @@ def _train_figures(directory: Path, summary: dict[str, Any]) -> list[tuple[str, 
     if lrs:
         figures.append(("Learning rate", plots.plot_schedule(lrs, len(lrs),
                                                              directory / "lr.png")))
+    if (directory / "landscape.png").exists():
+        figures.append(("Loss landscape (filter-normalised directions, Li et al. 2018)",
+                        directory / "landscape.png"))
     return figures
 
 

@@ -53,6 +53,20 @@ def check_schedule(file: str, key: str, spec: Any) -> None:
                                   "a valid schedule", str(err)) from None
 
 
+def draw_landscape(task: tasks.Task, result: Any, directory: Any, seed: int) -> None:
+    """The loss around the final weights with the optimizer's path (Li et al. 2018)."""
+    import warnings
+
+    from metaopt.landscape import loss_landscape
+
+    try:
+        loss_landscape(task, result, directory / "landscape.png", seed=seed,
+                       title=f"{task.name}: loss around the final weights, "
+                             f"{result.optimizer}'s path")
+    except (ValueError, RuntimeError) as err:
+        warnings.warn(f"landscape figure skipped: {err}", stacklevel=2)
+
+
 def run(args: argparse.Namespace) -> int:
     started = time.time()
     exp = experiment.load(args.experiment)
@@ -66,9 +80,11 @@ def run(args: argparse.Namespace) -> int:
 
     directory = runs.run_dir(exp.name, args.out)
     writer = CSVWriter(directory / "train.csv")
+    steps = exp.steps or task.steps
     result = train(task, section["optimizer"], section["hparams"], section["schedule"],
-                   steps=exp.steps, seed=exp.seed, eval_every=section["eval_every"],
-                   writers=[writer], device=exp.device, progress=args.progress)
+                   steps=steps, seed=exp.seed, eval_every=section["eval_every"],
+                   writers=[writer], device=exp.device, progress=args.progress,
+                   record_path_every=max(1, steps // 40) if section["landscape"] else None)
     runs.write_json(directory / "result.json", {
         "status": result.status, "reason": result.reason, "diverged_at": result.diverged_at,
         "value": result.value, "steps": result.steps, "curve": result.curve,
@@ -80,6 +96,8 @@ def run(args: argparse.Namespace) -> int:
                        schedule=section["schedule"], value=result.value,
                        evaluations=result.evaluations, started=started, status=result.status,
                        reason=result.reason)
+    if section["landscape"] and result.ok:
+        draw_landscape(task, result, directory, exp.seed)
     from metaopt.report import render
 
     report = render(directory)

@@ -55,15 +55,46 @@ def breast_cancer() -> Split:
     return _split(x, y, n_val=114)
 
 
+class Minibatches(Iterator[tuple[Tensor, ...]]):
+    """Endless shuffled epochs of batches of ``tensors`` (rows drawn together); the last
+    partial batch of an epoch is dropped so every batch has the same shape.
+
+    ``next_indices()`` advances like ``next()`` but returns only the row indices, so a
+    population can draw every member's indices and gather all members' batches at once
+    (``gather``), with exactly the batches each member would get on its own.
+    """
+
+    def __init__(self, tensors: tuple[Tensor, ...], batch_size: int,
+                 generator: torch.Generator) -> None:
+        self.tensors = tensors
+        self.n = len(tensors[0])
+        self.batch_size = min(batch_size, self.n)
+        self.generator = generator
+        self._order = torch.empty(0, dtype=torch.long)
+        self._start = self.n  # start a new epoch on the first draw
+
+    def next_indices(self) -> Tensor:
+        if self._start + self.batch_size > self.n:
+            self._order = torch.randperm(self.n, generator=self.generator)
+            self._start = 0
+        idx = self._order[self._start:self._start + self.batch_size]
+        self._start += self.batch_size
+        return idx
+
+    def __next__(self) -> tuple[Tensor, ...]:
+        idx = self.next_indices()
+        return tuple(t[idx] for t in self.tensors)
+
+    @staticmethod
+    def gather(iterators: list[Minibatches]) -> tuple[Tensor, ...]:
+        """The next batch of every iterator, stacked ``[P, batch, ...]`` (one gather per
+        tensor); the iterators must share ``tensors``."""
+        idx = torch.stack([it.next_indices() for it in iterators])
+        return tuple(t[idx] for t in iterators[0].tensors)
+
+
 def minibatches(
     x: Tensor, y: Tensor, batch_size: int, generator: torch.Generator
-) -> Iterator[tuple[Tensor, Tensor]]:
-    """Endless shuffled epochs of ``(x, y)`` batches; the last partial batch of an epoch is
-    dropped so every batch has the same shape (populations stack them)."""
-    n = len(x)
-    batch_size = min(batch_size, n)
-    while True:
-        order = torch.randperm(n, generator=generator)
-        for start in range(0, n - batch_size + 1, batch_size):
-            idx = order[start : start + batch_size]
-            yield x[idx], y[idx]
+) -> Minibatches:
+    """Endless shuffled epochs of ``(x, y)`` batches (see :class:`Minibatches`)."""
+    return Minibatches((x, y), batch_size, generator)
