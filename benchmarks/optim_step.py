@@ -63,7 +63,11 @@ def make_params(sizes, device, population: int | None = None) -> list[torch.Tens
 
 
 def build_metaopt(name: str, params, population: int | None = None):
+    """Default hyperparameters; the compiled backend, which ``auto`` switches to once eager
+    updates have cost as much as compiling (steady state of any long run)."""
     kwargs = dict(METAOPT_KWARGS.get(name, {}))
+    if name != "muon":
+        kwargs["backend"] = "compiled"
     if population:
         kwargs["population"] = population
     if name == "muon":

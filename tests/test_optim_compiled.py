@@ -72,3 +72,26 @@ def test_compiled_population_equals_separate_reference_runs():
         single_opt.step()
         for s, p in zip(pop, single):
             torch.testing.assert_close(s[i], p, rtol=2e-5, atol=2e-6)
+
+
+def test_auto_runs_eagerly_then_compiles_once_eager_time_has_paid_for_it(monkeypatch):
+    from metaopt.optim import backends
+
+    params, loss = problem()
+    ps = [p.detach().clone().float().requires_grad_(True) for p in params]
+    opt = metaopt.optim.AdamW(ps, lr=1e-2)
+    monkeypatch.setattr(backends, "COMPILE_MIN_NUMEL", 1)
+    monkeypatch.setattr(backends, "COMPILE_AFTER_SECONDS", 0.0)
+    modes = []
+    for _ in range(3):
+        opt.zero_grad()
+        loss([p.double() for p in ps]).float().backward()
+        opt.step()
+        modes.append(set(opt._flat_mode.values()))
+    assert list(opt._eager_seconds.values())[0] > 0  # the first step ran eagerly ...
+    assert modes == [{"compiled"}] * 3  # ... and paid for compiling the rest
+    small = metaopt.optim.AdamW([torch.zeros(3, requires_grad=True)])
+    monkeypatch.setattr(backends, "COMPILE_MIN_NUMEL", 1 << 20)
+    small.param_groups[0]["params"][0].grad = torch.ones(3)
+    small.step()
+    assert set(small._flat_mode.values()) == {"eager"}  # small jobs never compile

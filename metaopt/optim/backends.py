@@ -8,9 +8,11 @@
   bucket, compiled once for every model size; changing a hyperparameter's value never
   recompiles (values are tensors). Falls back to ``eager``, with a warning, where compilation
   is unavailable.
-- ``auto``: ``compiled`` for elementwise rules on groups of at least ``COMPILE_MIN_NUMEL``
-  elements, so small jobs (tests, probes, the demo) never wait for a compiler; ``eager`` for
-  smaller elementwise groups; ``reference`` otherwise.
+- ``auto``: ``eager`` for elementwise rules, switching to ``compiled`` once a group of at
+  least ``COMPILE_MIN_NUMEL`` elements has spent ``COMPILE_AFTER_SECONDS`` in eager updates
+  (ski rental: pay rent until it has cost what buying would, then buy — never worse than twice
+  the better choice in hindsight). Small or short jobs (tests, probes, the demo, a 300-step
+  population) never wait for a compiler; long ones end up fused. ``reference`` for the rest.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from metaopt.optim.elementwise import Segments, as_blocks, broadcast, segmented_
 
 BACKENDS = ("auto", "reference", "eager", "compiled")
 COMPILE_MIN_NUMEL = 1 << 20
+COMPILE_AFTER_SECONDS = 10.0  # about a cold compile on a 2-core CPU
 
 
 def resolve(backend: str, elementwise: bool, numel: int) -> str:
@@ -35,7 +38,7 @@ def resolve(backend: str, elementwise: bool, numel: int) -> str:
     if not elementwise:
         return "reference"
     if backend == "auto":
-        return "compiled" if numel >= COMPILE_MIN_NUMEL else "eager"
+        return "auto" if numel >= COMPILE_MIN_NUMEL else "eager"
     return backend
 
 

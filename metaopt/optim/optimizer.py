@@ -10,6 +10,7 @@ can be reset or overwritten from another.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any, ClassVar, Protocol
 
@@ -76,6 +77,7 @@ class MetaOptimizer(torch.optim.Optimizer):
         self.transforms: list[GradientTransform] = []
         self._buckets: dict[int, list[Bucket]] = {}
         self._flat_mode: dict[int, str] = {}
+        self._eager_seconds: dict[int, float] = {}
         super().__init__(params, defaults)
 
     # -- groups -------------------------------------------------------------------------
@@ -143,7 +145,15 @@ class MetaOptimizer(torch.optim.Optimizer):
         mode = self._flat_mode[id(group)]
         return _Plan(group, mode, algorithm, hp, opts, [b.param for b in buckets],
                      [b.grad for b in buckets], [b.state for b in buckets], buckets,
-                     on_mode=lambda used: self._flat_mode.__setitem__(id(group), used))
+                     on_mode=lambda used: self._flat_mode.__setitem__(id(group), used),
+                     on_eager=lambda seconds: self._charge(id(group), seconds))
+
+    def _charge(self, key: int, seconds: float) -> None:
+        """``auto``: count eager update time; compile once it has cost a compilation."""
+        spent = self._eager_seconds.get(key, 0.0) + seconds
+        self._eager_seconds[key] = spent
+        if spent >= backends.COMPILE_AFTER_SECONDS:
+            self._flat_mode[key] = "compiled"
 
     # -- flat buckets (eager / compiled backends) ---------------------------------------
     def _flat_buckets(self, group: HyperGroup) -> list[Bucket] | None:
@@ -288,6 +298,7 @@ class MetaOptimizer(torch.optim.Optimizer):
         super().__setstate__(state)
         self.__dict__.setdefault("transforms", [])
         self._buckets, self._flat_mode = {}, {}  # rebuilt from per-parameter state on use
+        self._eager_seconds = {}
 
     # -- checkpoints --------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
@@ -359,11 +370,11 @@ class _Plan:
 
     def __init__(self, group: HyperGroup, mode: str, algorithm: type[MetaOptimizer], hp, opts,
                  params, grads, states, buckets: list[Bucket] | None = None,
-                 on_mode=None) -> None:
+                 on_mode=None, on_eager=None) -> None:
         self.group, self.mode, self.hp, self.opts = group, mode, hp, opts
         self.algorithm, self.rule = algorithm, algorithm.rule
         self.params, self.grads, self.states = params, grads, states
-        self.buckets, self.on_mode = buckets, on_mode
+        self.buckets, self.on_mode, self.on_eager = buckets, on_mode, on_eager
 
     def tensors(self, per_parameter: bool) -> tuple[list[Tensor], list[Tensor]]:
         """(params, grads) as transforms see them: true gradients (maximize applied)."""
@@ -399,9 +410,12 @@ class _Plan:
         if self.buckets is None:
             self.rule(self.params, self.grads, self.states, self.hp, self.opts)
             return
+        start = time.perf_counter()
         for bucket, grad in zip(self.buckets, self.grads):
-            used = backends.run_flat(self.algorithm, self.mode, bucket, grad, self.hp,
-                                     self.opts)
-            if used != self.mode:
+            mode = "eager" if self.mode == "auto" else self.mode
+            used = backends.run_flat(self.algorithm, mode, bucket, grad, self.hp, self.opts)
+            if used != mode:
                 self.mode = used
                 self.on_mode(used)
+        if self.mode == "auto":
+            self.on_eager(time.perf_counter() - start)
