@@ -88,9 +88,11 @@ def compare(task, P: int, steps: int, repeats: int, device) -> dict:
         loop_t.append(seconds)
         seconds, pop_values, engine = population(task, hparams, steps, device)
         pop_t.append(seconds)
-    diff = max(abs(a - b) for a, b in zip(loop_values, pop_values))
+    diffs = sorted(abs(a - b) for a, b in zip(loop_values, pop_values))
+    diff, median_diff = diffs[-1], diffs[len(diffs) // 2]
     row = {"task": task.name, "P": P, "loop": Timing(loop_t), "population": Timing(pop_t),
            "speedup": [a / b for a, b in zip(loop_t, pop_t)], "max_val_diff": diff,
+           "median_val_diff": median_diff,
            "engine": engine}
     sp = row["speedup"]
     print(f"{task.name} P={P}: loop {row['loop'].s()} s, population {row['population'].s()} s, "
@@ -116,7 +118,7 @@ def main() -> None:
         sp = sorted(r["speedup"])
         body.append([r["task"], r["P"], r["loop"].s(), r["population"].s(),
                      f"{sp[len(sp) // 2]:.1f}× ({sp[0]:.1f}–{sp[-1]:.1f})",
-                     f"{r['max_val_diff']:.1e}"])
+                     f"{r['median_val_diff']:.1e} / {r['max_val_diff']:.1e}"])
     text = "\n".join([
         "# Population trainer vs a loop of torch.optim.AdamW trainings "
         f"({machine(device, args.threads)})",
@@ -124,7 +126,10 @@ def main() -> None:
         "member i uses seed i in both contenders. Seconds include building the models and "
         "the final validation; medians of rounds alternating the contenders (min–max).", "",
         table(["task", "P", "loop of torch.optim.AdamW (fused) s", "metaopt population s",
-               "speed-up", "max |Δ val loss|"], body), ""])
+               "speed-up", "median / max |Δ val loss|"], body), "",
+        "Both contenders run float32 from the same weights and batches; members trained at "
+        "high learning rates are chaotic, so last-bit differences (fused kernels vs flat "
+        "ones, bmm vs mm) grow into the larger maxima, while the medians stay small.", ""])
     print(text)
     write(RESULTS / f"population_{device.type}.md", text)
 

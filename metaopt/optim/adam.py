@@ -71,6 +71,43 @@ def update(p: Tensor, g: Tensor, s: State, c: Mapping[str, Tensor],
     p.sub_(c["step_size"] * (s["exp_avg"] / denom))
 
 
+FUSED_ROW_MIN = 1 << 15  # a population's rows are worth one fused call each from this size
+
+
+def _row(t: Tensor, i: int | None) -> Tensor:
+    return t if i is None else t[i]
+
+
+def fused_rows(bucket: Any, grad: Tensor, hp: Mapping[str, Tensor],
+               opts: Mapping[str, Any]) -> bool:
+    """The eager backend's fast path on CPU: torch's own fused Adam/AdamW kernel over the flat
+    buffer (once for a single model; once per member row for a population with large members,
+    each row with its member's hyperparameter values). Returns False where it doesn't apply
+    (small members: the generic elementwise ops win there)."""
+    param = bucket.param
+    step = bucket.state["step"]
+    if param.device.type != "cpu" or step.dtype != torch.float32:
+        return False
+    population = bucket.population
+    if population is not None and param.shape[-1] < FUSED_ROW_MIN:
+        return False
+    step.add_(1)  # every parameter's counter row advances together
+    values = {k: hp[k].tolist() for k in ("lr", "beta1", "beta2", "eps", "weight_decay")}
+    kernel = torch._fused_adamw_ if opts["decoupled_weight_decay"] else torch._fused_adam_
+    rows = range(population) if population is not None else [None]
+    amsgrad = opts["amsgrad"]
+    for i in rows:
+        scalar = {k: (v if i is None else v[i]) for k, v in values.items()}
+        kernel([_row(param, i)], [_row(grad, i)], [_row(bucket.state["exp_avg"], i)],
+               [_row(bucket.state["exp_avg_sq"], i)],
+               [_row(bucket.state["max_exp_avg_sq"], i)] if amsgrad else [],
+               [step[0] if i is None else step[0, i]], lr=scalar["lr"],
+               beta1=scalar["beta1"], beta2=scalar["beta2"],
+               weight_decay=scalar["weight_decay"], eps=scalar["eps"], amsgrad=amsgrad,
+               maximize=opts.get("maximize", False))
+    return True
+
+
 class Adam(MetaOptimizer):
     """Adam with torch.optim.Adam's arguments, defaults and trajectory."""
 
@@ -79,6 +116,7 @@ class Adam(MetaOptimizer):
     coefficients = staticmethod(coefficients)
     update = staticmethod(update)
     rule = staticmethod(per_parameter(coefficients, update))
+    fused_rows = staticmethod(fused_rows)
     elementwise = True
 
     def __init__(self, params, lr: float | Tensor = 1e-3,

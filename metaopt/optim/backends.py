@@ -69,6 +69,9 @@ def run_flat(algorithm: Any, backend: str, bucket: Any, grad, hp, opts: dict[str
     """One step of ``algorithm`` (a class with ``coefficients`` and ``update``) on a flat
     bucket: the coefficients eagerly (a few 0-d or ``[P]`` ops), the elementwise update with
     ``backend``. Returns the backend used (``eager`` after a failed compilation)."""
+    fused = getattr(algorithm, "fused_rows", None)
+    if backend == "eager" and fused is not None and fused(bucket, grad, hp, opts):
+        return "eager"
     counters = {k: bucket.state[k][0] for k in bucket.scalar_keys}
     coefficients = algorithm.coefficients(hp, counters, opts)
     for key in bucket.scalar_keys:  # every parameter's counter row follows row 0
