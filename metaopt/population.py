@@ -75,12 +75,18 @@ def _factory(optimizer: str | Callable) -> Callable:
 
 
 class Population:
-    """P members of one task trained together; see the module docstring."""
+    """P members of one task trained together; see the module docstring.
+
+    ``forward``: how the stacked members' losses are computed: ``"vmap"`` (one batched
+    program), ``"members"`` (member by member on views of the stacked parameters) or
+    ``"auto"`` (vmap for small members; for large ones the first steps time both and keep
+    the faster).
+    """
 
     def __init__(self, task: Task | str, optimizer: str | Callable,
                  hparams: Sequence[Mapping[str, Any]], *, seeds: Sequence[int] | None = None,
                  seed: int = 0, schedule: Mapping[str, Any] | None = None,
-                 device: str = "cpu", engine: str = "auto") -> None:
+                 device: str = "cpu", engine: str = "auto", forward: str = "auto") -> None:
         self.task = get_task(task) if isinstance(task, str) else task
         self.hparams = [dict(h) for h in hparams]
         self.P = len(self.hparams)
@@ -90,6 +96,7 @@ class Population:
         if len(self.seeds) != self.P:
             raise ValueError(f"{len(self.seeds)} seeds for {self.P} members")
         self.make_optimizer = _factory(optimizer)
+        self.forward = forward
         self.engine, self.note = self._build(engine, device)
         self.members = [MemberResult(s, dict(h)) for s, h in zip(self.seeds, self.hparams)]
         self.steps_done = torch.zeros(self.P, dtype=torch.float64)
@@ -106,7 +113,7 @@ class Population:
                               device), why or "loop requested"
         try:
             built = StackedEngine(self.task, self.make_optimizer, self.hparams, self.seeds,
-                                  device)
+                                  device, forward=self.forward)
             return built, f"{self.P} members stacked and vmapped"
         except Exception as err:
             if engine == "vmap":
@@ -265,7 +272,11 @@ class Population:
         for m, value in zip(self.members, self.evaluate()):
             if m.status == "ok":
                 m.value = value
-        return PopulationResult(self.members, self.engine.mode, self.note, seconds,
+        note = self.note
+        if isinstance(self.engine, StackedEngine) and self.engine.forward == "members":
+            note = (f"{self.P} members stacked; losses computed member by member (large, "
+                    f"compute-bound members: faster than a batched program here)")
+        return PopulationResult(self.members, self.engine.mode, note, seconds,
                                 self.evaluations)
 
 

@@ -8,6 +8,7 @@ is built right after ``torch.manual_seed(seeds[i])`` and its batches come from
 from __future__ import annotations
 
 import copy
+import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
@@ -74,17 +75,26 @@ class _LossModule(nn.Module):
 
 
 class StackedEngine:
-    """All members as one program: parameters stacked ``[P, ...]``, the loss vmapped over the
-    member dimension, one optimizer with ``population=P`` stepping them together."""
+    """All members as one program: parameters stacked ``[P, ...]``, one optimizer with
+    ``population=P`` stepping them together, and the loss either vmapped over the member
+    dimension (one batched program: best for small members, where per-op overhead dominates)
+    or computed member by member on slices of the stacked parameters (best for large,
+    compute-bound members, whose single matmuls beat batched ones). The first steps time both
+    and keep the faster; gradients land in the same stacked buffers either way."""
 
     mode = "vmap"
+    TRIAL_STEPS = (1, 2)  # step 0 warms up; step 1 times vmap, step 2 member by member
+    TRIAL_MIN_NUMEL = 1 << 16  # smaller members are overhead-bound: vmap, no trial
 
     def __init__(self, task: Task, make_optimizer: OptimizerFactory,
                  hparams: Sequence[Mapping[str, Any]], seeds: Sequence[int],
-                 device: torch.device | str = "cpu") -> None:
+                 device: torch.device | str = "cpu", forward: str = "auto") -> None:
+        if forward not in ("auto", "vmap", "members"):
+            raise ValueError(f"forward must be auto, vmap or members, got {forward!r}")
         self.task, self.device, self.P = task, device, len(seeds)
         self.make_optimizer = make_optimizer
         members = [build_member(task, s, device) for s in seeds]
+        numel = sum(p.numel() for p in members[0].parameters())
         params, buffers = stack_module_state(members)
         self.params = params
         self.buffers = buffers
@@ -92,10 +102,23 @@ class StackedEngine:
         loss_module = _LossModule(task, copy.deepcopy(members[0]))
         self._tensors = ({f"inner.{k}": v for k, v in params.items()},
                          {f"inner.{k}": v for k, v in buffers.items()})
-        self._losses = vmap(lambda p, b, batch: functional_call(loss_module, (p, b), (batch,)))
+        self._loss_module = loss_module
+        self._vmapped = vmap(lambda p, b, batch: functional_call(loss_module, (p, b), (batch,)))
         self.optimizer = make_optimizer(list(params.values()), population=self.P,
                                         **stacked_hparams(hparams))
         self.iters = [member_data(task, s) for s in seeds]
+        self.forward = "vmap" if forward == "auto" else forward
+        self._tune = forward == "auto" and numel >= self.TRIAL_MIN_NUMEL
+        self._steps, self._trial = 0, {}
+
+    def _member_losses(self, params: dict, buffers: dict, batch: Any) -> Tensor:
+        """The loss of each member in turn, on views of the stacked tensors."""
+        out = []
+        for i in range(self.P):
+            member = ({k: v[i] for k, v in params.items()}, {k: v[i] for k, v in buffers.items()})
+            one = batch[i] if isinstance(batch, Tensor) else type(batch)(b[i] for b in batch)
+            out.append(functional_call(self._loss_module, member, (one,)))
+        return torch.stack(out)
 
     def next_batch(self) -> Any:
         """Every member's next batch, stacked; one gather when all members draw rows of the
@@ -110,8 +133,18 @@ class StackedEngine:
     def step(self) -> Tensor:
         batch = self.next_batch()
         self.optimizer.zero_grad(set_to_none=False)
-        losses = self._losses(*self._tensors, batch)
+        trial = self._tune and self._steps in self.TRIAL_STEPS
+        forward = ("vmap", "members")[self.TRIAL_STEPS.index(self._steps)] if trial \
+            else self.forward
+        start = time.perf_counter()
+        losses_fn = self._vmapped if forward == "vmap" else self._member_losses
+        losses = losses_fn(*self._tensors, batch)
         losses.sum().backward()
+        if trial:
+            self._trial[forward] = time.perf_counter() - start
+            if len(self._trial) == 2:
+                self.forward = min(self._trial, key=self._trial.get)
+        self._steps += 1
         self.optimizer.step()
         return losses.detach()
 

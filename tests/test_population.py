@@ -47,16 +47,17 @@ HPARAMS = [{"lr": 0.01, "betas": (0.9, 0.999)}, {"lr": 0.05, "betas": (0.8, 0.99
            {"lr": 0.002, "betas": (0.5, 0.9)}]
 
 
-@pytest.mark.parametrize("name", ["adamw", "sgd", "adafactor"])
-def test_members_equal_separate_runs(name):
+@pytest.mark.parametrize("name,forward", [("adamw", "vmap"), ("sgd", "vmap"),
+                                          ("adafactor", "vmap"), ("adamw", "members")])
+def test_members_equal_separate_runs(name, forward):
     task = _tiny_task()
     hparams = HPARAMS if name != "sgd" else [{"lr": h["lr"], "momentum": h["betas"][0]}
                                              for h in HPARAMS]
     if name == "adafactor":
         hparams = [{"lr": h["lr"]} for h in HPARAMS]
-    pop = Population(task, name, hparams, seeds=[3, 4, 5])
+    pop = Population(task, name, hparams, seeds=[3, 4, 5], forward=forward)
     result = pop.run(25)
-    assert result.engine == "vmap"
+    assert result.engine == "vmap" and pop.engine.forward == forward
     for i, h in enumerate(hparams):
         module, value = _single_run(task, name, h, [3, 4, 5][i], 25)
         assert result.members[i].value == pytest.approx(value, rel=1e-10, abs=1e-12)
