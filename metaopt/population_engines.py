@@ -113,6 +113,10 @@ class StackedEngine:
 
     def _member_losses(self, params: dict, buffers: dict, batch: Any) -> Tensor:
         """The loss of each member in turn, on views of the stacked tensors."""
+        # unbind, not indexing: its backward stacks the members' gradients in one tensor,
+        # where P separate selects would each add a full-size zero-padded gradient
+        params = {k: v.unbind(0) for k, v in params.items()}
+        buffers = {k: v.unbind(0) for k, v in buffers.items()}
         out = []
         for i in range(self.P):
             member = ({k: v[i] for k, v in params.items()}, {k: v[i] for k, v in buffers.items()})
