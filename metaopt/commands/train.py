@@ -61,8 +61,7 @@ def draw_landscape(task: tasks.Task, result: Any, directory: Any, seed: int) -> 
 
     try:
         loss_landscape(task, result, directory / "landscape.png", seed=seed,
-                       title=f"{task.name}: loss around the final weights, "
-                             f"{result.optimizer}'s path")
+                       title=f"{task.name} loss around the final weights")
     except (ValueError, RuntimeError) as err:
         warnings.warn(f"landscape figure skipped: {err}", stacklevel=2)
 
