@@ -7,11 +7,12 @@ Each dataset is loaded, split (fixed permutation) and standardised once per proc
 from __future__ import annotations
 
 import functools
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from typing import NamedTuple
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 SPLIT_SEED = 0  # the fixed train/validation permutation
 
@@ -91,6 +92,32 @@ class Minibatches(Iterator[tuple[Tensor, ...]]):
         tensor); the iterators must share ``tensors``."""
         idx = torch.stack([it.next_indices() for it in iterators])
         return tuple(t[idx] for t in iterators[0].tensors)
+
+
+@dataclass(frozen=True)
+class TrainBatches:
+    """``task.data`` of a supervised task: shuffled minibatches of a split's training part."""
+
+    split: Callable[[], Split]
+    batch_size: int
+
+    def __call__(self, generator: torch.Generator) -> Minibatches:
+        s = self.split()
+        return minibatches(s.x_train, s.y_train, self.batch_size, generator)
+
+
+@dataclass(frozen=True)
+class ValidationLoss:
+    """``task.evaluate`` of a supervised task: ``loss`` on the whole validation part."""
+
+    split: Callable[[], Split]
+    loss: Callable[[nn.Module, tuple[Tensor, Tensor]], Tensor]
+
+    @torch.no_grad()
+    def __call__(self, module: nn.Module) -> float:
+        s = self.split()
+        device = next((p.device for p in module.parameters()), torch.device("cpu"))
+        return float(self.loss(module, (s.x_val.to(device), s.y_val.to(device))))
 
 
 def minibatches(

@@ -7,14 +7,11 @@ digits, used to meta-train the learned optimizer.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
-import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from metaopt.tasks import datasets
-from metaopt.tasks.task import Task, module_device
+from metaopt.tasks.task import Task
 
 BATCH_SIZE = 128
 
@@ -32,16 +29,8 @@ def loss(module: nn.Module, batch: tuple[Tensor, Tensor]) -> Tensor:
     return F.cross_entropy(module(x), y)
 
 
-def data(generator: torch.Generator) -> Iterator[tuple[Tensor, Tensor]]:
-    split = datasets.digits()
-    return datasets.minibatches(split.x_train, split.y_train, BATCH_SIZE, generator)
-
-
-@torch.no_grad()
-def evaluate(module: nn.Module) -> float:
-    split = datasets.digits()
-    device = module_device(module)
-    return float(loss(module, (split.x_val.to(device), split.y_val.to(device))))
+data = datasets.TrainBatches(datasets.digits, BATCH_SIZE)
+evaluate = datasets.ValidationLoss(datasets.digits, loss)
 
 
 def digits_mlp() -> Task:

@@ -2,14 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
-import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from metaopt.tasks import datasets
-from metaopt.tasks.task import Task, module_device
+from metaopt.tasks.task import Task
 
 BATCH_SIZE = 64
 
@@ -23,16 +20,8 @@ def loss(module: nn.Module, batch: tuple[Tensor, Tensor]) -> Tensor:
     return F.binary_cross_entropy_with_logits(module(x).squeeze(-1), y)
 
 
-def data(generator: torch.Generator) -> Iterator[tuple[Tensor, Tensor]]:
-    split = datasets.breast_cancer()
-    return datasets.minibatches(split.x_train, split.y_train, BATCH_SIZE, generator)
-
-
-@torch.no_grad()
-def evaluate(module: nn.Module) -> float:
-    split = datasets.breast_cancer()
-    device = module_device(module)
-    return float(loss(module, (split.x_val.to(device), split.y_val.to(device))))
+data = datasets.TrainBatches(datasets.breast_cancer, BATCH_SIZE)
+evaluate = datasets.ValidationLoss(datasets.breast_cancer, loss)
 
 
 def logistic_breast_cancer() -> Task:
