@@ -2,6 +2,7 @@
 
 import copy
 
+import pytest
 import torch
 
 import metaopt
@@ -71,4 +72,30 @@ def test_flat_state_dict_loads_into_torch_with_separate_counters():
         (torch.tanh(params[0]).sum(0) * params[1]).sum().backward()
         group.step()
     for x, y in zip(opt.param_groups[0]["params"], twin.param_groups[0]["params"]):
+        torch.testing.assert_close(x, y, rtol=1e-12, atol=1e-12)
+
+
+def test_compiled_backend_falls_back_to_eager_when_compilation_fails(monkeypatch):
+    from torch._dynamo.exc import BackendCompilerFailed
+
+    from metaopt.optim import backends
+
+    def broken(fn):
+        def call(*args, **kwargs):
+            raise BackendCompilerFailed(lambda *a: None, RuntimeError("no C++ compiler"), None)
+        return call
+
+    monkeypatch.setattr(backends, "compiled", broken)
+    a0, b0 = _two_players()
+    ps = [a0.clone().requires_grad_(), b0.clone().requires_grad_()]
+    qs = [a0.clone().requires_grad_(), b0.clone().requires_grad_()]
+    opt = metaopt.optim.RMSprop(ps, lr=0.01, backend="compiled")
+    ref = metaopt.optim.RMSprop(qs, lr=0.01, backend="reference")
+    with pytest.warns(UserWarning, match="using the eager backend"):
+        for o, xs in ((opt, ps), (ref, qs)):
+            o.zero_grad()
+            (torch.tanh(xs[0]).sum(0) * xs[1]).sum().backward()
+            o.step()
+    assert set(opt._flat_mode.values()) == {"eager"}
+    for x, y in zip(ps, qs):
         torch.testing.assert_close(x, y, rtol=1e-12, atol=1e-12)
