@@ -124,10 +124,39 @@ SECTIONS: dict[str, dict[str, Key]] = {
         "candidates": Key(NAMES),
         "budget": Key(POS_INT, 40000),
     },
-    "meta_train": {
+    "meta_train": {  # see learned.config.MetaTrainConfig
         "tasks": Key(NAMES, ("quadratic", "digits_mlp_sigmoid")),
         "unroll": Key(POS_INT, 20),
         "horizon": Key(POS_INT, 100),
+        "model": Key(one_of("per_tensor", "coordinatewise"), "per_tensor"),
+        "model_args": Key(MAPPING, {}),
+        "unroll_max": Key(POS_INT),
+        "horizon_max": Key((lambda v: POS_INT[0](v) or isinstance(v, Mapping) and all(
+            POS_INT[0](x) for x in v.values()),
+            "a positive integer or a mapping of task names to positive integers")),
+        "curriculum": Key(NONNEG_INT),
+        "meta_steps": Key(POS_INT, 1000),
+        "meta_lr": Key((lambda v: NUMBER[0](v) and v > 0, "a positive number"), 1e-2),
+        "meta_lr_schedule": Key(one_of("constant", "cosine"), "cosine"),
+        "batch": Key((lambda v: POS_INT[0](v) or isinstance(v, Mapping) and all(
+            POS_INT[0](x) for x in v.values()),
+            "a positive integer or a mapping of task names to positive integers"), 16),
+        "clip": Key((lambda v: NUMBER[0](v) and v >= 0, "a number >= 0 (0: no clipping)"),
+                    1.0),
+        "balance": Key(BOOL, True),
+        "second_order": Key(BOOL, True),
+        "meta_loss": Key(one_of("log", "sum"), "log"),
+        "meta_loss_power": Key((lambda v: NUMBER[0](v) and v >= 0, "a number >= 0"), 4.0),
+        "scale": Key((lambda v: NUMBER[0](v) and v >= 0 or isinstance(v, Mapping) and all(
+            NUMBER[0](x) and x >= 0 for x in v.values()),
+            "a number >= 0 or a mapping of task names to numbers >= 0"), 0.0),
+        "eval_every": Key(POS_INT, 100),
+        "eval_seeds": Key(POS_INT, 8),
+        "eval_horizons": Key((lambda v: isinstance(v, list) and v != [] and all(
+            POS_INT[0](x) for x in v), "a non-empty list of positive integers")),
+        "checkpoint_every": Key(POS_INT, 25),
+        "time_limit": Key((lambda v: NUMBER[0](v) and v > 0, "a positive number of seconds")),
+        "threads": Key(POS_INT, 1),
     },
 }
 

@@ -43,8 +43,50 @@ def _train_figures(directory: Path, summary: dict[str, Any]) -> list[tuple[str, 
     return figures
 
 
+def _moving_average(values: Any, window: int) -> list[float]:
+    out, total = [], 0.0
+    for i, v in enumerate(values):
+        total += v - (values[i - window] if i >= window else 0.0)
+        out.append(total / min(i + 1, window))
+    return out
+
+
+def _meta_train_figures(directory: Path, summary: dict[str, Any]) -> list[tuple[str, Path]]:
+    """The meta-loss of every meta-step (and its moving average) beside the validation
+    meta-loss (log10 final loss of held-out problems, lower is better)."""
+    data_file = directory / "meta_train.json"
+    if not data_file.exists():
+        return []
+    from metaopt import plots
+
+    data = json.loads(data_file.read_text())
+    fig = plots.new_figure(10, 4)
+    train_ax, val_ax = fig.add_subplot(1, 2, 1), fig.add_subplot(1, 2, 2)
+    curve = [(k, v) for k, v in data["curve"] if v is not None]
+    if curve:
+        steps, values = zip(*curve)
+        window = max(1, len(values) // 50)
+        smooth = _moving_average(values, window)
+        train_ax.plot(steps, values, lw=0.5, alpha=0.4, color="C0", label="per meta-step")
+        train_ax.plot(steps, smooth, lw=2, color="C0", label=f"moving average ({window})")
+    train_ax.set_title("training meta-loss")
+    train_ax.set_xlabel("meta-step")
+    val = [(k, v) for k, v in data["val_curve"] if v is not None]
+    if val:
+        steps, values = zip(*val)
+        val_ax.plot(steps, values, marker="o", color="C1")
+        val_ax.axvline(data["best_step"], color="gray", ls=":", label="kept (best)")
+    val_ax.set_title("validation: mean log10 final loss")
+    val_ax.set_xlabel("meta-step")
+    for ax in (train_ax, val_ax):
+        ax.grid(True, alpha=0.3)
+        ax.legend(fontsize="small")
+    return [("Meta-loss", plots.save(fig, directory / "meta_loss.png"))]
+
+
 RENDERERS: dict[str, Callable[[Path, dict[str, Any]], list[tuple[str, Path]]]] = {
     "train": _train_figures,
+    "meta-train": _meta_train_figures,
 }
 
 

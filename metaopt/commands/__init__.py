@@ -10,6 +10,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "demo": ("metaopt.commands.demo", "compare optimizers on the digits MLP (the main job)"),
     "train": ("metaopt.commands.train", "train one model as an experiment file describes"),
     "report": ("metaopt.commands.report", "render a run directory's figures and report.md"),
+    "meta-train": ("metaopt.commands.meta_train",
+                   "meta-train a learned optimizer (the lstm) as an experiment file describes"),
 }
 
 
