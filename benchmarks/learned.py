@@ -31,7 +31,7 @@ import torch
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path = [os.path.dirname(HERE)] + [p for p in sys.path
                                      if os.path.abspath(p or os.curdir) != HERE] + [HERE]
-from common import RESULTS, Timing, interleaved, machine, table, write  # noqa: E402
+from common import RESULTS, Timing, interleaved, machine, sync, table, write  # noqa: E402
 
 from learned import compare, nets, problems, scorecard  # noqa: E402
 from learned.optimizer import LSTMOptimizer  # noqa: E402
@@ -72,12 +72,12 @@ def evaluate(checkpoint: str | None, names: list[str], horizons: list[int], n_va
     return out
 
 
-def step_cost(threads: int, repeats: int) -> dict:
+def step_cost(threads: int, repeats: int, device: torch.device) -> dict:
     """ms per step on 1 M parameters: shipped (compiled and eager), paper config, fused Adam."""
     torch.set_num_threads(threads)
 
     def params() -> list[torch.Tensor]:
-        ps = [torch.randn(s, requires_grad=True) for s in COST_SIZES]
+        ps = [torch.randn(s, device=device, requires_grad=True) for s in COST_SIZES]
         for p in ps:
             p.grad = torch.randn_like(p) * 1e-3
         return ps
@@ -96,19 +96,21 @@ def step_cost(threads: int, repeats: int) -> dict:
     for fn in contenders.values():  # warm up (compiles)
         fn()
         fn()
-    timings = interleaved(contenders, repeats, 10, torch.device("cpu"))
+    timings = interleaved(contenders, repeats, 10, device)
     paper_opt = LSTMOptimizer(params(), checkpoint=paper)
     paper_opt.step()
     samples = []
     for _ in range(3):
+        sync(device)
         start = time.perf_counter()
         paper_opt.step()
+        sync(device)
         samples.append(time.perf_counter() - start)
     timings["paper_coordinatewise"] = Timing(samples)
     n = sum(math.prod(s) for s in COST_SIZES)
     state = {"shipped": 2 + len(shipped.betas), "adam": 2,
              "paper": 2 * paper.layers * paper.hidden}
-    return {"threads": threads, "params": n, "machine": machine(torch.device("cpu"), threads),
+    return {"threads": threads, "params": n, "machine": machine(device, threads),
             "ms": {k: t.median * 1e3 for k, t in timings.items()},
             "range_ms": {k: [t.min * 1e3, t.max * 1e3] for k, t in timings.items()},
             "state_floats_per_param": state}
@@ -180,7 +182,16 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--repeats", type=int, default=7)
     p.add_argument("--tag", default="", help="suffix of the result files")
+    p.add_argument("--device", default="cpu",
+                   help="device of the step-cost part (the small evaluation problems run on "
+                        "the CPU, where they are fastest); cuda writes *_cuda result files")
     args = p.parse_args()
+    device = torch.device(args.device)
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise SystemExit("--device cuda: no CUDA device here")
+        args.tag += "_cuda"
+        args.part = "cost" if args.part == "all" else args.part
     torch.set_flush_denormal(True)
     torch.set_num_threads(args.threads)
     raw = RESULTS / f"learned_eval{args.tag}.json"
@@ -190,7 +201,7 @@ def main() -> None:
         old = json.loads(raw.read_text()) if raw.exists() else {}
         write(raw, json.dumps({**old, **data}))
     if args.part in ("all", "cost"):
-        write(cost_file, json.dumps(step_cost(args.threads, args.repeats), indent=1))
+        write(cost_file, json.dumps(step_cost(args.threads, args.repeats, device), indent=1))
     data = json.loads(raw.read_text()) if raw.exists() else {}
     cost = json.loads(cost_file.read_text()) if cost_file.exists() else None
     checkpoint = nets.read(args.checkpoint or nets.DEFAULT_CHECKPOINT)

@@ -34,6 +34,9 @@ class MetaTrainConfig:
       held-out problems per family at each of ``eval_horizons`` (default: the family's
       shortest and longest training horizon),
       against Adam tuned on the same problems; the best weights are the result.
+      ``gain_cap``: each family@horizon's log10 gain over tuned Adam counts at most this much
+      in that validation score (``None``: uncapped), so a large win on one problem cannot pay
+      for a loss on another.
       ``checkpoint_every``: resumable state is written this often. ``time_limit`` (seconds):
       stop early, keeping the best weights.
     """
@@ -59,6 +62,7 @@ class MetaTrainConfig:
     eval_every: int = 100
     eval_seeds: int = 8
     eval_horizons: tuple[int, ...] | None = None
+    gain_cap: float | None = None
     checkpoint_every: int = 25
     time_limit: float | None = None
     seed: int = 0

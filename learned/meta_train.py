@@ -80,7 +80,8 @@ def validate(net: nn.Module, config: MetaTrainConfig,
              reference: dict[str, float]) -> tuple[float, dict[str, float], int]:
     """The validation meta-loss: the mean over families and horizons of log10(final loss of
     the learned optimizer / final loss of tuned Adam) on held-out problems (for the quadratic,
-    mean losses of batches of 128) — negative where it beats tuned Adam. The learned optimizer
+    mean losses of batches of 128) — negative where it beats tuned Adam; each term at least
+    ``-config.gain_cap``. The learned optimizer
     runs as :class:`~learned.LSTMOptimizer`. Returns ``(value, log10 final loss per
     family@horizon, gradient evaluations spent)``."""
     parts, evaluations = {}, 0
@@ -94,7 +95,8 @@ def validate(net: nn.Module, config: MetaTrainConfig,
             evaluations += len(seeds) * horizon
             parts[f"{name}@{horizon}"] = float(score.mean()) if bool(score.isfinite().all()) \
                 else math.inf
-    value = sum(parts[k] - reference[k] for k in parts) / len(parts)
+    cap = math.inf if config.gain_cap is None else config.gain_cap
+    value = sum(max(parts[k] - reference[k], -cap) for k in parts) / len(parts)
     return value, parts, evaluations
 
 

@@ -157,6 +157,9 @@ class LSTMOptimizer(MetaOptimizer):
         self.net, self.checkpoint = _resolve(checkpoint)
         self._runner = _Runner()
         super().__init__(params, dict(lr=lr), population=population, backend=backend)
+        devices = {p.device for g in self.param_groups for p in g["params"]}
+        if len(devices) == 1 and next(iter(devices)).type != "cpu":
+            self.net = self.net.to(next(iter(devices)))  # the network runs beside the params
 
     def options(self, group: Any) -> dict[str, Any]:  # type: ignore[override]
         return {**MetaOptimizer.options(group), "net": self.net, "runner": self._runner}

@@ -154,6 +154,7 @@ SECTIONS: dict[str, dict[str, Key]] = {
         "eval_seeds": Key(POS_INT, 8),
         "eval_horizons": Key((lambda v: isinstance(v, list) and v != [] and all(
             POS_INT[0](x) for x in v), "a non-empty list of positive integers")),
+        "gain_cap": Key((lambda v: NUMBER[0](v) and v > 0, "a positive number (log10)")),
         "checkpoint_every": Key(POS_INT, 25),
         "time_limit": Key((lambda v: NUMBER[0](v) and v > 0, "a positive number of seconds")),
         "threads": Key(POS_INT, 1),

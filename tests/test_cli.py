@@ -90,3 +90,13 @@ def test_train_writes_summary_report_and_figures(tmp_path, capsys):
     (out / "report.md").unlink()
     assert cli.main(["report", str(out)]) == 0
     assert "![Loss](loss.png)" in (out / "report.md").read_text()
+
+
+def test_demo_ranks_every_contender(capsys):
+    from metaopt.commands import demo
+
+    rows = demo.main(steps=5)
+    assert sorted(r["optimizer"] for r in rows) == sorted(c[0] for c in demo.CONTENDERS)
+    assert all(r["val_loss"] == r["val_loss"] and r["seconds"] > 0 for r in rows)  # no NaN
+    assert [r["val_loss"] for r in rows] == sorted(r["val_loss"] for r in rows)
+    assert "| rank | optimizer |" in capsys.readouterr().out

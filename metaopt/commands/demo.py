@@ -21,6 +21,7 @@ CONTENDERS = [
     ("adadelta", "adadelta", {"lr": 1.0}),
     ("adafactor", "adafactor", {"lr": 0.03}),
     ("muon+adamw", "composite", {"lr": 0.02, "adamw_lr": 3e-3}),
+    ("lstm (learned)", "lstm", {}),  # the shipped meta-trained optimizer, untuned
 ]
 
 
@@ -66,7 +67,7 @@ def main(steps: int | None = None) -> list[dict]:
     for label, name, hparams in CONTENDERS:
         val, seconds = train_once(task, name, hparams, steps)
         rows.append({"optimizer": label, "hparams": hparams, "val_loss": val, "seconds": seconds})
-        print(f"  {label:<13} val loss {val:.4f}  {seconds:5.2f} s", flush=True)
+        print(f"  {label:<15} val loss {val:.4f}  {seconds:5.2f} s", flush=True)
     rows.sort(key=lambda r: r["val_loss"])
     print()
     print("| rank | optimizer | hyperparameters | val loss | train time (s) |")
