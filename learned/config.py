@@ -24,7 +24,9 @@ class MetaTrainConfig:
       ``[horizon, h]``, ``h`` growing the same way (an unroll-length curriculum: short, stable
       problems first). ``horizon_max`` may be ``{family: steps}``.
     - ``batch``: problems per family in flight (an int for all, or ``{family: n}``).
-    - ``meta_lr`` (``meta_lr_schedule``: ``constant``, or ``cosine`` down to a tenth);
+    - ``meta_lr`` (``meta_lr_schedule``: ``constant``, or ``cosine`` down to a tenth over
+      ``schedule_steps`` meta-steps, by default ``meta_steps``: a run may stop early in a
+      longer schedule);
       ``clip``: meta-gradient norm (0: off); ``balance``: divide each family's meta-gradient
       by its running norm, so no family drowns the others; ``second_order``: keep
       ``∂∇f/∂φ`` (off is the paper's approximation); ``meta_loss``: ``log`` | ``sum``;
@@ -52,6 +54,7 @@ class MetaTrainConfig:
     meta_steps: int = 1000
     meta_lr: float = 1e-3
     meta_lr_schedule: str = "constant"
+    schedule_steps: int | None = None
     batch: int | dict[str, int] = 16
     clip: float = 1.0
     balance: bool = True
@@ -116,7 +119,7 @@ class MetaTrainConfig:
         """The meta-learning rate at meta-step ``k``."""
         if self.meta_lr_schedule == "constant":
             return self.meta_lr
-        frac = min(1.0, k / max(1, self.meta_steps))
+        frac = min(1.0, k / max(1, self.schedule_steps or self.meta_steps))
         return self.meta_lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * frac)))
 
     def horizons(self, family: str) -> tuple[int, ...]:

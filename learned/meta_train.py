@@ -304,6 +304,7 @@ def meta_train(config: MetaTrainConfig, out: str | Path, *, resume: bool = True,
         peak_rss_mb()
     result.checkpoint = out / CHECKPOINT_FILE
     meta = {"value": result.value, "best_step": result.best_step, "meta_steps": result.steps,
-            "seconds": result.seconds, "config": config.to_dict()}
+            "seconds": result.seconds, "peak_rss_mb": result.peak_rss_mb,
+            "config": config.to_dict()}
     _save(result.checkpoint, {**trainer.best, "meta": meta})
     return result

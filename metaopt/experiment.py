@@ -138,6 +138,7 @@ SECTIONS: dict[str, dict[str, Key]] = {
         "meta_steps": Key(POS_INT, 1000),
         "meta_lr": Key((lambda v: NUMBER[0](v) and v > 0, "a positive number"), 1e-2),
         "meta_lr_schedule": Key(one_of("constant", "cosine"), "cosine"),
+        "schedule_steps": Key(POS_INT),
         "batch": Key((lambda v: POS_INT[0](v) or isinstance(v, Mapping) and all(
             POS_INT[0](x) for x in v.values()),
             "a positive integer or a mapping of task names to positive integers"), 16),
