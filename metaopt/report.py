@@ -53,7 +53,7 @@ def _moving_average(values: Any, window: int) -> list[float]:
 
 def _meta_train_figures(directory: Path, summary: dict[str, Any]) -> list[tuple[str, Path]]:
     """The meta-loss of every meta-step (and its moving average) beside the validation
-    meta-loss (log10 final loss of held-out problems, lower is better)."""
+    meta-loss (mean log10 ratio of held-out final losses to tuned Adam's, lower is better)."""
     data_file = directory / "meta_train.json"
     if not data_file.exists():
         return []
@@ -76,7 +76,7 @@ def _meta_train_figures(directory: Path, summary: dict[str, Any]) -> list[tuple[
         steps, values = zip(*val)
         val_ax.plot(steps, values, marker="o", color="C1")
         val_ax.axvline(data["best_step"], color="gray", ls=":", label="kept (best)")
-    val_ax.set_title("validation: mean log10 final loss")
+    val_ax.set_title("validation: log10(final loss / tuned Adam's), mean")
     val_ax.set_xlabel("meta-step")
     for ax in (train_ax, val_ax):
         ax.grid(True, alpha=0.3)
