@@ -69,12 +69,28 @@ NAMES: Check = (lambda v: STRING[0](v) or (isinstance(v, list) and v != []
                                            and all(STRING[0](x) for x in v)),
                 "a name or a non-empty list of names")
 LIST: Check = (lambda v: isinstance(v, list), "a list")
+POSITIVE: Check = (lambda v: NUMBER[0](v) and v > 0, "a positive number")
+NONNEG: Check = (lambda v: NUMBER[0](v) and v >= 0, "a number >= 0")
+POS_INTS: Check = (lambda v: isinstance(v, list) and v != [] and all(POS_INT[0](x) for x in v),
+                   "a non-empty list of positive integers")
 SPACE: Check = (lambda v: STRING[0](v) or isinstance(v, Mapping),
                 "a search-space file path or an inline mapping")
 
 
 def one_of(*choices: str) -> Check:
     return (lambda v: v in choices, f"one of {', '.join(choices)}")
+
+
+def per_task(check: Check) -> Check:
+    """``check``'s value, or a mapping of task names to such values."""
+    ok, what = check
+    return (lambda v: ok(v) or isinstance(v, Mapping) and all(ok(x) for x in v.values()),
+            f"{what} or a mapping of task names to such values")
+
+
+def described(check: Check, what: str) -> Check:
+    """``check`` with another description of what it expects."""
+    return (check[0], what)
 
 
 @dataclass(frozen=True)
@@ -131,33 +147,25 @@ SECTIONS: dict[str, dict[str, Key]] = {
         "model": Key(one_of("per_tensor", "coordinatewise"), "per_tensor"),
         "model_args": Key(MAPPING, {}),
         "unroll_max": Key(POS_INT),
-        "horizon_max": Key((lambda v: POS_INT[0](v) or isinstance(v, Mapping) and all(
-            POS_INT[0](x) for x in v.values()),
-            "a positive integer or a mapping of task names to positive integers")),
+        "horizon_max": Key(per_task(POS_INT)),
         "curriculum": Key(NONNEG_INT),
         "meta_steps": Key(POS_INT, 1000),
-        "meta_lr": Key((lambda v: NUMBER[0](v) and v > 0, "a positive number"), 1e-2),
+        "meta_lr": Key(POSITIVE, 1e-2),
         "meta_lr_schedule": Key(one_of("constant", "cosine"), "cosine"),
         "schedule_steps": Key(POS_INT),
-        "batch": Key((lambda v: POS_INT[0](v) or isinstance(v, Mapping) and all(
-            POS_INT[0](x) for x in v.values()),
-            "a positive integer or a mapping of task names to positive integers"), 16),
-        "clip": Key((lambda v: NUMBER[0](v) and v >= 0, "a number >= 0 (0: no clipping)"),
-                    1.0),
+        "batch": Key(per_task(POS_INT), 16),
+        "clip": Key(described(NONNEG, "a number >= 0 (0: no clipping)"), 1.0),
         "balance": Key(BOOL, True),
         "second_order": Key(BOOL, True),
         "meta_loss": Key(one_of("log", "sum"), "log"),
-        "meta_loss_power": Key((lambda v: NUMBER[0](v) and v >= 0, "a number >= 0"), 4.0),
-        "scale": Key((lambda v: NUMBER[0](v) and v >= 0 or isinstance(v, Mapping) and all(
-            NUMBER[0](x) and x >= 0 for x in v.values()),
-            "a number >= 0 or a mapping of task names to numbers >= 0"), 0.0),
+        "meta_loss_power": Key(NONNEG, 4.0),
+        "scale": Key(per_task(NONNEG), 0.0),
         "eval_every": Key(POS_INT, 100),
         "eval_seeds": Key(POS_INT, 8),
-        "eval_horizons": Key((lambda v: isinstance(v, list) and v != [] and all(
-            POS_INT[0](x) for x in v), "a non-empty list of positive integers")),
-        "gain_cap": Key((lambda v: NUMBER[0](v) and v > 0, "a positive number (log10)")),
+        "eval_horizons": Key(POS_INTS),
+        "gain_cap": Key(described(POSITIVE, "a positive number (log10)")),
         "checkpoint_every": Key(POS_INT, 25),
-        "time_limit": Key((lambda v: NUMBER[0](v) and v > 0, "a positive number of seconds")),
+        "time_limit": Key(described(POSITIVE, "a positive number of seconds")),
         "threads": Key(POS_INT, 1),
     },
 }
