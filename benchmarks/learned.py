@@ -82,16 +82,12 @@ def step_cost(threads: int, repeats: int, device: torch.device) -> dict:
             p.grad = torch.randn_like(p) * 1e-3
         return ps
 
-    def stepper(opt: torch.optim.Optimizer):
-        return opt.step
-
     shipped = nets.load()
     paper = nets.build({"kind": "coordinatewise"})
     contenders = {
-        "adam_fused": stepper(torch.optim.Adam(params(), lr=1e-3, fused=True)),
-        "lstm_compiled": stepper(LSTMOptimizer(params(), checkpoint=shipped,
-                                               backend="compiled")),
-        "lstm_eager": stepper(LSTMOptimizer(params(), checkpoint=shipped, backend="eager")),
+        "adam_fused": torch.optim.Adam(params(), lr=1e-3, fused=True).step,
+        "lstm_compiled": LSTMOptimizer(params(), checkpoint=shipped, backend="compiled").step,
+        "lstm_eager": LSTMOptimizer(params(), checkpoint=shipped, backend="eager").step,
     }
     for fn in contenders.values():  # warm up (compiles)
         fn()

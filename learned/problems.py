@@ -27,11 +27,11 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.func import functional_call, vmap
 
-from metaopt.tasks import datasets
+from metaopt.tasks import datasets, digits_cnn, digits_mlp, logistic
+from metaopt.tasks.task import LossModule
 
 _MASK = (1 << 62) - 1
 
@@ -135,12 +135,12 @@ class ModuleFamily(Family):
     """Any small ``nn.Module`` on an in-memory dataset, vmapped over stacked weights."""
 
     def __init__(self, name: str, build: Callable[[], nn.Module],
-                 loss_fn: Callable[[Tensor, Tensor], Tensor], split: Callable[[], Any],
+                 loss: Callable[[nn.Module, Any], Tensor], split: Callable[[], Any],
                  batch_size: int, init_std: float | None, scale: float = 0.0) -> None:
         super().__init__(scale)
-        self.name, self.build, self.loss_fn, self.split = name, build, loss_fn, split
+        self.name, self.build, self.split = name, build, split
         self.batch_size, self.init_std = batch_size, init_std
-        self.module = build()
+        self.module = LossModule(loss, build())  # the task's own loss, on swapped weights
         self.names = [n for n, _ in self.module.named_parameters()]
 
     def _draw(self, seeds: Tensor) -> tuple[list[Tensor], dict[str, Any]]:
@@ -158,8 +158,7 @@ class ModuleFamily(Family):
 
     def _apply(self, params: list[Tensor], x: Tensor, y: Tensor, batched_data: bool) -> Tensor:
         def one(ps: tuple[Tensor, ...], x: Tensor, y: Tensor) -> Tensor:
-            out = functional_call(self.module, dict(zip(self.names, ps)), (x,))
-            return self.loss_fn(out, y)
+            return functional_call(self.module, dict(zip(self.names, ps)), ((x, y),))
 
         dims = (0, 0, 0) if batched_data else (0, None, None)
         return vmap(one, in_dims=dims)(tuple(params), x, y)
@@ -179,36 +178,19 @@ class ModuleFamily(Family):
         return self._apply(params, split.x_train.to(params[0].dtype), y, False)
 
 
-def _mlp(hidden: tuple[int, ...], activation: type[nn.Module]) -> Callable[[], nn.Module]:
-    def build() -> nn.Module:
-        layers: list[nn.Module] = []
-        width = 64
-        for h in hidden:
-            layers += [nn.Linear(width, h), activation()]
-            width = h
-        return nn.Sequential(*layers, nn.Linear(width, 10))
-    return build
-
-
-def _bce(logits: Tensor, y: Tensor) -> Tensor:
-    return F.binary_cross_entropy_with_logits(logits.squeeze(-1), y)
-
-
 def _digits_mlp(name: str, hidden: tuple[int, ...], activation: type[nn.Module],
                 scale: float) -> Family:
-    return ModuleFamily(name, _mlp(hidden, activation), F.cross_entropy, datasets.digits, 128,
-                        0.01, scale)
+    return ModuleFamily(name, functools.partial(digits_mlp.mlp, hidden, activation),
+                        digits_mlp.loss, datasets.digits, digits_mlp.BATCH_SIZE, 0.01, scale)
 
 
 def _logistic(scale: float) -> Family:
-    from metaopt.tasks import logistic
-    return ModuleFamily("logistic_breast_cancer", logistic.model, _bce, datasets.breast_cancer,
-                        logistic.BATCH_SIZE, None, scale)
+    return ModuleFamily("logistic_breast_cancer", logistic.model, logistic.loss,
+                        datasets.breast_cancer, logistic.BATCH_SIZE, None, scale)
 
 
 def _cnn(scale: float) -> Family:
-    from metaopt.tasks import digits_cnn
-    return ModuleFamily("digits_cnn", digits_cnn.model, F.cross_entropy, datasets.digits,
+    return ModuleFamily("digits_cnn", digits_cnn.model, digits_cnn.loss, datasets.digits,
                         digits_cnn.BATCH_SIZE, None, scale)
 
 

@@ -17,7 +17,7 @@ from torch import Tensor, nn
 from torch.func import functional_call, stack_module_state, vmap
 
 from metaopt.tasks.datasets import Minibatches
-from metaopt.tasks.task import Task
+from metaopt.tasks.task import LossModule, Task
 
 OptimizerFactory = Callable[..., torch.optim.Optimizer]
 
@@ -63,17 +63,6 @@ def stacked_hparams(hparams: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
     return out
 
 
-class _LossModule(nn.Module):
-    """``task.loss(inner, batch)`` as a module, so functional_call can swap inner's tensors."""
-
-    def __init__(self, task: Task, inner: nn.Module) -> None:
-        super().__init__()
-        self.task, self.inner = task, inner
-
-    def forward(self, batch: Any) -> Tensor:
-        return self.task.loss(self.inner, batch)
-
-
 class StackedEngine:
     """All members as one program: parameters stacked ``[P, ...]``, one optimizer with
     ``population=P`` stepping them together, and the loss either vmapped over the member
@@ -99,7 +88,7 @@ class StackedEngine:
         self.params = params
         self.buffers = buffers
         self.template = copy.deepcopy(members[0])
-        loss_module = _LossModule(task, copy.deepcopy(members[0]))
+        loss_module = LossModule(task.loss, copy.deepcopy(members[0]))
         self._tensors = ({f"inner.{k}": v for k, v in params.items()},
                          {f"inner.{k}": v for k, v in buffers.items()})
         self._loss_module = loss_module

@@ -16,12 +16,22 @@ from metaopt.tasks.task import Task
 BATCH_SIZE = 128
 
 
+def mlp(hidden: tuple[int, ...], activation: type[nn.Module]) -> nn.Module:
+    """64 inputs, the ``hidden`` layers with ``activation`` after each, 10 logits."""
+    layers: list[nn.Module] = []
+    width = 64
+    for h in hidden:
+        layers += [nn.Linear(width, h), activation()]
+        width = h
+    return nn.Sequential(*layers, nn.Linear(width, 10))
+
+
 def relu_mlp() -> nn.Module:
-    return nn.Sequential(nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 10))
+    return mlp((64,), nn.ReLU)
 
 
 def sigmoid_mlp() -> nn.Module:
-    return nn.Sequential(nn.Linear(64, 20), nn.Sigmoid(), nn.Linear(20, 10))
+    return mlp((20,), nn.Sigmoid)
 
 
 def loss(module: nn.Module, batch: tuple[Tensor, Tensor]) -> Tensor:

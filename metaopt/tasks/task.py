@@ -20,6 +20,18 @@ Batch: TypeAlias = Tensor | tuple[Tensor, ...]
 TrainStep: TypeAlias = Callable[[nn.Module, torch.optim.Optimizer, Batch], Tensor]
 
 
+class LossModule(nn.Module):
+    """``loss(inner, batch)`` as a module, so ``torch.func.functional_call`` can swap inner's
+    tensors (stacked members, vmapped problems) while the task's own loss function runs."""
+
+    def __init__(self, loss: Callable[[nn.Module, Batch], Tensor], inner: nn.Module) -> None:
+        super().__init__()
+        self.loss, self.inner = loss, inner
+
+    def forward(self, batch: Batch) -> Tensor:
+        return self.loss(self.inner, batch)
+
+
 def _default_hparams() -> dict[str, Any]:
     return {"lr": 1e-3}
 
