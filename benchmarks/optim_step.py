@@ -146,10 +146,10 @@ def measure_steps(device, repeats: int, names: list[str]) -> list[dict]:
 
 def _backend(opt) -> str:
     inner = getattr(opt, "optimizer", opt)
-    modes = getattr(inner, "_flat_mode", {})
+    runners = getattr(inner, "_runners", {})
     if isinstance(inner, metaopt.optim.Composite):
         return "mixed"
-    return ",".join(sorted(set(modes.values()))) or "reference"
+    return ",".join(sorted({r.mode for r in runners.values()})) or "reference"
 
 
 def measure_population(device, repeats: int, name: str = "adamw") -> dict:

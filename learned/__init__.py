@@ -1,9 +1,7 @@
 """Learned optimizers: networks trained by meta-gradients to optimize (Andrychowicz et al.
-2016), shipped pretrained and registered in metaopt's optimizer registry as ``lstm``."""
+2016), shipped pretrained. ``LSTMOptimizer`` joins metaopt's optimizer registry as ``lstm``
+through the ``metaopt.optimizers`` entry point (see pyproject.toml)."""
 
 from learned.optimizer import LSTMOptimizer
-from metaopt import optim as _optim
-
-_optim.register("lstm", LSTMOptimizer)
 
 __all__ = ["LSTMOptimizer"]

@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import functools
 import os
-import time
-import warnings
 from collections.abc import Iterable, Mapping
 from typing import Any
 
@@ -45,24 +43,6 @@ def _compiled_step() -> Any:
     return torch.compile(coordinate_step_, dynamic=True, fullgraph=True)
 
 
-class _Runner:
-    """Chooses eager or compiled kernels for one optimizer, as metaopt's ``auto`` backend
-    does: eager until large tensors have spent a compilation's worth of time, then compiled."""
-
-    def __init__(self) -> None:
-        self.eager_seconds = 0.0
-
-    def kernel(self, backend: str, numel: int) -> tuple[Any, bool]:
-        """``(kernel, whether to charge its time)``."""
-        if backend == "compiled" or (backend == "auto"
-                                     and self.eager_seconds >= backends.COMPILE_AFTER_SECONDS):
-            return _compiled_step(), False
-        return coordinate_step_, backend == "auto" and numel >= backends.COMPILE_MIN_NUMEL
-
-    def charge(self, seconds: float) -> None:
-        self.eager_seconds += seconds
-
-
 def _members(t: Tensor, population: bool) -> Tensor:
     return t if population else t.unsqueeze(0)
 
@@ -78,7 +58,7 @@ def init(param: Tensor, hp: Mapping[str, Tensor], opts: Mapping[str, Any]) -> St
 
 
 def _step_fast(net: PerTensorNet, param: Tensor, grad: Tensor, state: State, lr: Tensor,
-               population: bool, runner: _Runner, backend: str) -> None:
+               population: bool, runner: backends.Runner) -> None:
     """The per-tensor LSTM eagerly, then the coordinates in one in-place kernel."""
     member = {k: _members(v, population) for k, v in state.items()}
     P = member["v"].shape[0]
@@ -86,21 +66,9 @@ def _step_fast(net: PerTensorNet, param: Tensor, grad: Tensor, state: State, lr:
     g = _members(grad, population).reshape(P, -1)  # read only: a copy is fine
     coef, new = net.coefficients(member, lr, torch.linalg.vecdot(g, g) / g.shape[1])
     moments = [flat(state[f"m{i}"]) for i in range(len(net.betas))]
-    kernel, timed = runner.kernel(backend, param.numel())
-    start = time.perf_counter()
-    try:
-        stats = kernel(flat(param), g, moments, flat(state["v"]), coef, net.w1, net.w2,
-                       kernel is not coordinate_step_)
-    except Exception as err:
-        if kernel is coordinate_step_ or not backends._is_compile_error(err):
-            raise
-        warnings.warn(f"LSTMOptimizer: torch.compile failed ({type(err).__name__}); "
-                      f"using eager kernels", stacklevel=4)
-        runner.eager_seconds = -float("inf")
-        stats = coordinate_step_(flat(param), g, moments, flat(state["v"]), coef,
-                                 net.w1, net.w2, False)
-    if timed:
-        runner.charge(time.perf_counter() - start)
+    args = (flat(param), g, moments, flat(state["v"]), coef, net.w1, net.w2)
+    stats = runner.run(lambda: coordinate_step_(*args, False),
+                       lambda: _compiled_step()(*args, True), param.numel())
     for key, value in new.items():
         state[key] = _unmembers(value, population)
     state["stats"] = _unmembers(stats, population)
@@ -114,7 +82,7 @@ def rule(params: list[Tensor], grads: list[Tensor], states: list[State],
         contiguous = param.is_contiguous() and all(
             v.is_contiguous() for v in state.values() if isinstance(v, Tensor))
         if isinstance(net, PerTensorNet) and contiguous:
-            _step_fast(net, param, grad, state, lr, population, opts["runner"], opts["backend"])
+            _step_fast(net, param, grad, state, lr, population, opts["runner"])
             continue
         member = {k: _members(v, population) for k, v in state.items()}
         delta, new = net(_members(grad, population), member, lr)
@@ -155,7 +123,7 @@ class LSTMOptimizer(MetaOptimizer):
     def __init__(self, params: Iterable, checkpoint: Checkpoint = None, lr: float = 1.0, *,
                  population: int | None = None, backend: str = "auto") -> None:
         self.net, self.checkpoint = _resolve(checkpoint)
-        self._runner = _Runner()
+        self._runner = backends.Runner(backend)
         super().__init__(params, dict(lr=lr), population=population, backend=backend)
         devices = {p.device for g in self.param_groups for p in g["params"]}
         if len(devices) == 1 and next(iter(devices)).type != "cpu":
@@ -185,4 +153,4 @@ class LSTMOptimizer(MetaOptimizer):
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         super().__setstate__(state)
-        self.__dict__.setdefault("_runner", _Runner())
+        self.__dict__.setdefault("_runner", backends.Runner(self.defaults["backend"]))

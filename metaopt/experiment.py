@@ -14,6 +14,7 @@ was expected.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import re
 from collections.abc import Callable, Mapping
@@ -22,6 +23,8 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+
+from learned.config import META_LOSSES, MODELS, MetaTrainConfig
 
 _FLOAT = re.compile(r"^[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?$")
 
@@ -140,35 +143,34 @@ SECTIONS: dict[str, dict[str, Key]] = {
         "candidates": Key(NAMES),
         "budget": Key(POS_INT, 40000),
     },
-    "meta_train": {  # see learned.config.MetaTrainConfig
-        "tasks": Key(NAMES, ("quadratic", "digits_mlp_sigmoid")),
-        "unroll": Key(POS_INT, 20),
-        "horizon": Key(POS_INT, 100),
-        "model": Key(one_of("per_tensor", "coordinatewise"), "per_tensor"),
-        "model_args": Key(MAPPING, {}),
-        "unroll_max": Key(POS_INT),
-        "horizon_max": Key(per_task(POS_INT)),
-        "curriculum": Key(NONNEG_INT),
-        "meta_steps": Key(POS_INT, 1000),
-        "meta_lr": Key(POSITIVE, 1e-2),
-        "meta_lr_schedule": Key(one_of("constant", "cosine"), "cosine"),
-        "schedule_steps": Key(POS_INT),
-        "batch": Key(per_task(POS_INT), 16),
-        "clip": Key(described(NONNEG, "a number >= 0 (0: no clipping)"), 1.0),
-        "balance": Key(BOOL, True),
-        "second_order": Key(BOOL, True),
-        "meta_loss": Key(one_of("log", "sum"), "log"),
-        "meta_loss_power": Key(NONNEG, 4.0),
-        "scale": Key(per_task(NONNEG), 0.0),
-        "eval_every": Key(POS_INT, 100),
-        "eval_seeds": Key(POS_INT, 8),
-        "eval_horizons": Key(POS_INTS),
-        "gain_cap": Key(described(POSITIVE, "a positive number (log10)")),
-        "checkpoint_every": Key(POS_INT, 25),
-        "time_limit": Key(described(POSITIVE, "a positive number of seconds")),
-        "threads": Key(POS_INT, 1),
-    },
 }
+
+
+# The meta_train: section is learned.config.MetaTrainConfig's fields (its defaults, the one
+# set), each with the check of its YAML value; the seed comes from the head.
+META_TRAIN_CHECKS: dict[str, Check] = {
+    "tasks": NAMES, "model": one_of(*MODELS), "model_args": MAPPING, "unroll": POS_INT,
+    "unroll_max": POS_INT, "horizon": POS_INT, "horizon_max": per_task(POS_INT),
+    "curriculum": NONNEG_INT, "meta_steps": POS_INT, "meta_lr": POSITIVE,
+    "meta_lr_schedule": one_of("constant", "cosine"), "schedule_steps": POS_INT,
+    "batch": per_task(POS_INT), "clip": described(NONNEG, "a number >= 0 (0: no clipping)"),
+    "balance": BOOL, "second_order": BOOL, "meta_loss": one_of(*META_LOSSES),
+    "meta_loss_power": NONNEG, "scale": per_task(NONNEG), "eval_every": POS_INT,
+    "eval_seeds": POS_INT, "eval_horizons": POS_INTS,
+    "gain_cap": described(POSITIVE, "a positive number (log10)"),
+    "checkpoint_every": POS_INT,
+    "time_limit": described(POSITIVE, "a positive number of seconds"), "threads": POS_INT,
+}
+
+
+def _default(f: dataclasses.Field) -> Any:
+    if f.default_factory is not dataclasses.MISSING:
+        return f.default_factory()
+    return f.default
+
+
+SECTIONS["meta_train"] = {f.name: Key(META_TRAIN_CHECKS[f.name], _default(f))
+                          for f in dataclasses.fields(MetaTrainConfig) if f.name != "seed"}
 
 
 @dataclass

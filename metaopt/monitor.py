@@ -13,8 +13,7 @@ each kind at most once per run::
 
 The checks work on plain numbers (:meth:`Monitor.observe`), so they can be fed synthetic
 sequences; :meth:`Monitor.before_step` / :meth:`Monitor.after_step` compute those numbers from
-a live model and optimizer. :func:`hyperparameters` reads an optimizer's param groups into
-floats.
+a live model and optimizer (the hyperparameters through :func:`metaopt.optim.hyperparams.values`).
 :class:`CSVWriter` and :class:`TensorBoardWriter` receive the per-step scalars ``metaopt.train``
 logs (any object with ``write(step, scalars)`` and ``close()`` will do).
 """
@@ -31,43 +30,10 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from metaopt import divergence
+from metaopt.optim.hyperparams import values as hyperparameters
+
 Record = dict[str, float]
-
-
-def hyperparameters(optimizer: torch.optim.Optimizer) -> dict[str, float]:
-    """The optimizer's numeric hyperparameters as floats.
-
-    Group 0's values keep their names (``lr``, ``momentum``, ``beta1``/``beta2`` for torch's
-    ``betas``, ...); another group ``i``'s are suffixed ``/i``. Values may be floats, 0-d tensors
-    or tuples of them; booleans, strings, integers (other than ``lr``) and ``[P]`` tensors are
-    left out."""
-    out: dict[str, float] = {}
-    for i, group in enumerate(optimizer.param_groups):
-        suffix = "" if i == 0 else f"/{i}"
-        for key, value in group.items():
-            if key in ("params", "param_names"):
-                continue
-            if isinstance(value, (tuple, list)):
-                names = ("beta1", "beta2") if key == "betas" and len(value) == 2 else [
-                    f"{key}{j}" for j in range(len(value))]
-                pairs = list(zip(names, value))
-            else:
-                pairs = [(key, value)]
-            for name, v in pairs:
-                number = _number(v, allow_int=name == "lr")
-                if number is not None:
-                    out[name + suffix] = number
-    return out
-
-
-def _number(value: Any, allow_int: bool) -> float | None:
-    if isinstance(value, bool):
-        return None
-    if isinstance(value, float) or (allow_int and isinstance(value, int)):
-        return float(value)
-    if isinstance(value, Tensor) and value.numel() == 1 and value.is_floating_point():
-        return float(value)
-    return None
 
 
 def global_norm(tensors: Iterable[Tensor]) -> float:
@@ -94,8 +60,8 @@ class Monitor:
     Args:
         every: record gradient norm, update ratio, effective lr and hyperparameters every
             ``every`` steps (parameter snapshots cost one copy of the weights per record).
-        blowup: divergence when the loss exceeds ``blowup`` times the first loss (only checked
-            when the first loss is positive; non-finite losses always count).
+        blowup: divergence when the loss exceeds ``blowup`` times ``max(|first loss|, 1)``, or
+            is not finite (:mod:`metaopt.divergence`, the rule every trainer uses).
         window: number of recent losses (and recorded gradient norms) the warnings look at.
         plateau_tol: "plateau" when the loss improved by less than this fraction over a window.
         oscillation: "oscillation" when at least this fraction of successive loss differences
@@ -106,7 +72,7 @@ class Monitor:
         growth: ... or grows by this factor across a window of records.
     """
 
-    def __init__(self, every: int = 1, *, blowup: float = 1e6, window: int = 50,
+    def __init__(self, every: int = 1, *, blowup: float = divergence.BLOWUP, window: int = 50,
                  plateau_tol: float = 1e-3, oscillation: float = 0.9, progress_tol: float = 1e-2,
                  vanishing: float = 1e-8, exploding: float = 1e4, growth: float = 100.0) -> None:
         if every < 1 or window < 6:
@@ -150,13 +116,9 @@ class Monitor:
         return None
 
     def _divergence(self, step: int, loss: float) -> str | None:
-        if not math.isfinite(loss):
-            return f"loss is {loss} at step {step}"
-        if self.first_loss is None:
+        if self.first_loss is None and math.isfinite(loss):
             self.first_loss = loss
-        elif self.first_loss > 0 and loss > self.blowup * self.first_loss:
-            return f"loss exceeded {self.blowup:g} x its initial value at step {step}"
-        return None
+        return divergence.check(loss, self.first_loss or 0.0, step, self.blowup)
 
     def warn(self, kind: str, message: str) -> None:
         """Add ``"kind: message"`` unless a warning of this kind was already given."""

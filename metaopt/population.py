@@ -24,12 +24,12 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from metaopt import optim, schedules
+from metaopt import divergence, optim, schedules
 from metaopt.population_engines import LoopEngine, StackedEngine, set_member_hparams
 from metaopt.tasks import Task
 from metaopt.tasks import get as get_task
 
-BLOWUP = 1e6  # a loss this many times its first value counts as diverged
+ENGINES = ("auto", "stacked", "loop")
 
 
 @dataclass
@@ -77,6 +77,9 @@ def _factory(optimizer: str | Callable) -> Callable:
 class Population:
     """P members of one task trained together; see the module docstring.
 
+    ``engine``: ``"stacked"`` (one optimizer with ``population=P`` over stacked parameters),
+    ``"loop"`` (a module and an optimizer per member, stepped in turn) or ``"auto"`` (stacked
+    unless the task can't be, which the result's ``note`` says).
     ``forward``: how the stacked members' losses are computed: ``"vmap"`` (one batched
     program), ``"members"`` (member by member on views of the stacked parameters) or
     ``"auto"`` (vmap for small members; for large ones the first steps time both and keep
@@ -107,6 +110,8 @@ class Population:
 
     # -- construction -------------------------------------------------------------------
     def _build(self, engine: str, device: str):
+        if engine not in ENGINES:
+            raise ValueError(f"engine must be one of {', '.join(ENGINES)}, got {engine!r}")
         why = self._loop_reason()
         if engine == "loop" or (engine == "auto" and why):
             return LoopEngine(self.task, self.make_optimizer, self.hparams, self.seeds,
@@ -114,9 +119,9 @@ class Population:
         try:
             built = StackedEngine(self.task, self.make_optimizer, self.hparams, self.seeds,
                                   device, forward=self.forward)
-            return built, f"{self.P} members stacked and vmapped"
+            return built, f"{self.P} members stacked"
         except Exception as err:
-            if engine == "vmap":
+            if engine == "stacked":
                 raise
             return (LoopEngine(self.task, self.make_optimizer, self.hparams, self.seeds, device),
                     f"member-by-member loop: stacking failed ({type(err).__name__}: {err})")
@@ -143,7 +148,7 @@ class Population:
     def step(self) -> Tensor:
         """One step of every member; returns the ``[P]`` training losses."""
         self._apply_schedules()
-        if self.engine.mode == "vmap" and self.evaluations == 0:
+        if self.engine.mode == "stacked" and self.evaluations == 0:
             losses = self._first_vmap_step()
         else:
             losses = self.engine.step()
@@ -182,13 +187,11 @@ class Population:
             if active:
                 m.curve.append((int(step), loss))
                 m.steps += 1
-        bad = self.active & ~torch.isfinite(losses)
-        blown = self.active & torch.isfinite(losses) & (
-            losses > BLOWUP * self.first_loss.abs().clamp(min=1e-12))
-        for i in torch.nonzero(bad | blown).flatten().tolist():
-            what = "is not finite" if bad[i] else f"exceeded {BLOWUP:g} x its first value"
-            self.freeze(i, f"loss {what} at step {int(self.steps_done[i])}",
-                        int(self.steps_done[i]))
+        verdicts = divergence.judge(losses, self.first_loss.nan_to_num(0.0))
+        verdicts[~self.active] = divergence.OK
+        for i in torch.nonzero(verdicts).flatten().tolist():
+            step = int(self.steps_done[i])
+            self.freeze(i, divergence.reason(int(verdicts[i]), float(losses[i]), step), step)
         self.steps_done[self.active] += 1
 
     def freeze(self, i: int, reason: str, at: int) -> None:

@@ -16,6 +16,7 @@ import torch
 from torch import Tensor, nn
 from torch.func import functional_call, stack_module_state, vmap
 
+from metaopt.optim import hyperparams
 from metaopt.tasks.datasets import Minibatches
 from metaopt.tasks.task import LossModule, Task
 
@@ -71,7 +72,7 @@ class StackedEngine:
     compute-bound members, whose single matmuls beat batched ones). The first steps time both
     and keep the faster; gradients land in the same stacked buffers either way."""
 
-    mode = "vmap"
+    mode = "stacked"
     TRIAL_STEPS = (1, 2)  # step 0 warms up; step 1 times vmap, step 2 member by member
     TRIAL_MIN_NUMEL = 1 << 16  # smaller members are overhead-bound: vmap, no trial
 
@@ -173,12 +174,15 @@ class StackedEngine:
         for b in self.buffers.values():
             b[dst] = b[src]
 
-    def read_hparam(self, key: str) -> Tensor:
-        return _read(self.optimizer.param_groups[0], key)
+    def read_hparam(self, name: str) -> Tensor:
+        """Every member's value of hyperparameter ``name`` (flat), ``[P]``."""
+        return hyperparams.read(self.optimizer, name)
 
-    def write_hparam(self, key: str, values: Tensor) -> None:
-        for group in self.optimizer.param_groups:
-            _write(group, key, values)
+    def write_hparam(self, name: str, values: Tensor) -> None:
+        hyperparams.write(self.optimizer, name, values)
+
+    def write_member(self, i: int, name: str, value: float) -> None:
+        hyperparams.write(self.optimizer, name, value, member=i)
 
 
 class LoopEngine:
@@ -223,55 +227,31 @@ class LoopEngine:
     def copy_member(self, src: int, dst: int, hparams: bool = True) -> None:
         self.modules[dst].load_state_dict(self.modules[src].state_dict())
         saved = copy.deepcopy(self.optimizers[src].state_dict())
-        if not hparams:
-            for group, mine in zip(saved["param_groups"], self.optimizers[dst].param_groups):
-                for key in self.hparams[dst]:
-                    if key in mine:
-                        group[key] = _plain(mine[key])
+        if not hparams:  # keep dst's own group settings
+            mine = self.optimizers[dst].state_dict()["param_groups"]
+            saved["param_groups"] = [{**g, **{k: v for k, v in m.items() if k != "params"}}
+                                     for g, m in zip(saved["param_groups"], mine)]
         self.optimizers[dst].load_state_dict(saved)
 
-    def read_hparam(self, key: str) -> Tensor:
-        return torch.stack([torch.as_tensor(_read(o.param_groups[0], key), dtype=torch.float64)
+    def read_hparam(self, name: str) -> Tensor:
+        return torch.stack([torch.as_tensor(hyperparams.read(o, name), dtype=torch.float64)
                             for o in self.optimizers])
 
-    def write_hparam(self, key: str, values: Tensor) -> None:
+    def write_hparam(self, name: str, values: Tensor) -> None:
         values = torch.as_tensor(values, dtype=torch.float64).expand(self.P)
         for opt, value in zip(self.optimizers, values):
-            for group in opt.param_groups:
-                _write(group, key, value)
+            hyperparams.write(opt, name, value)
 
-
-def _plain(value: Any) -> Any:
-    if isinstance(value, tuple):
-        return tuple(_plain(v) for v in value)
-    return float(value) if isinstance(value, Tensor) and value.dim() == 0 else value
-
-
-def _read(group: Mapping[str, Any], key: str) -> Any:
-    if key in ("beta1", "beta2"):
-        return group["betas"][0 if key == "beta1" else 1]
-    return group[key]
-
-
-def _write(group: dict, key: str, value: Tensor) -> None:
-    if key in ("beta1", "beta2"):
-        betas = list(group["betas"])
-        betas[0 if key == "beta1" else 1] = value
-        group["betas"] = tuple(betas)
-    elif isinstance(group[key], Tensor):
-        group[key] = value
-    else:
-        group[key] = float(value)
+    def write_member(self, i: int, name: str, value: float) -> None:
+        hyperparams.write(self.optimizers[i], name, value)
 
 
 def set_member_hparams(engine: StackedEngine | LoopEngine, i: int,
                        hparams: Mapping[str, Any]) -> None:
-    """Give member ``i`` new hyperparameter values (validated like any write)."""
-    for key, value in hparams.items():
-        parts = (("beta1", value[0]), ("beta2", value[1])) if key == "betas" else ((key, value),)
-        for name, v in parts:
-            values = engine.read_hparam(name).clone()
-            values[i] = float(v)
-            engine.write_hparam(name, values)
+    """Give member ``i`` new hyperparameter values (flat names or constructor keywords such
+    as ``betas``), validated like any write."""
+    optimizer = engine.optimizer if isinstance(engine, StackedEngine) else engine.optimizers[i]
+    for name, value in hyperparams.flatten(optimizer, hparams).items():
+        engine.write_member(i, name, value)
     if isinstance(engine, LoopEngine):
         engine.hparams[i].update(hparams)

@@ -22,8 +22,10 @@ from torch import Tensor, nn
 
 from metaopt import optim, tasks
 from metaopt import schedules as sched
-from metaopt.monitor import Monitor, hyperparameters
+from metaopt.monitor import Monitor
+from metaopt.optim import hyperparams
 from metaopt.schedules import ReduceOnPlateau, Schedule
+from metaopt.tasks.task import take_step
 
 OptimizerFactory = Callable[..., torch.optim.Optimizer]
 ScheduleSpec = Mapping[str, Any] | Schedule | ReduceOnPlateau | str
@@ -39,9 +41,10 @@ class TrainResult:
     holds ``(n, validation loss)`` after ``n`` updates. ``diagnostics`` are the monitor's records
     (one dict per logged step: ``step``, ``loss``, ``grad_norm``, ``update_ratio``,
     ``effective_lr``, the hyperparameters ...). ``evaluations`` counts gradient evaluations
-    (forward + backward passes): closure calls, or optimizer steps inside a task's
-    ``train_step``. ``path`` holds flattened parameter snapshots when ``record_path_every`` was
-    given (the first is the initial weights, the last the final ones).
+    (forward + backward passes): closure calls, or the task's ``grad_evals_per_step`` for
+    each call of its own ``train_step``. ``path`` holds flattened parameter snapshots when
+    ``record_path_every`` was given (the first is the initial weights, the last the final
+    ones).
     """
 
     value: float
@@ -160,7 +163,6 @@ def train(
         run.path.append(_flat(params))
         run.path_step = 0
 
-    counter = _StepCounter(opt)
     bar = _progress_bar(progress, steps, run.step, task.name)
     try:
         while run.step < steps and monitor.diverged is None:
@@ -169,8 +171,9 @@ def train(
                 _apply(driver, opt, k, key)
             batch = _to_device(next(batches), device)
             monitor.before_step(k, params)
-            loss = float(_take_step(task, module, opt, batch, counter))
-            run.evaluations += counter.take()
+            loss, spent = take_step(task, module, opt, batch)
+            loss = float(loss)
+            run.evaluations += spent
             run.step = n = k + 1
             run.curve.append((k, loss))
             monitor.after_step(k, loss, params, opt)
@@ -195,7 +198,6 @@ def train(
                 started = time.perf_counter()
                 run.save(checkpoint, task, seed, module, opt, drivers, generator, device)
     finally:
-        counter.remove()
         if bar is not None:
             bar.close()
         for writer in writers:
@@ -229,7 +231,7 @@ def train(
         diagnostics=monitor.records,
         warnings=run.warnings + monitor.warnings,
         seconds=run.seconds_before + time.perf_counter() - started,
-        final_hparams=hyperparameters(opt),
+        final_hparams=hyperparams.values(opt),
         task=task.name,
         optimizer=opt_name,
         path=run.path,
@@ -265,7 +267,7 @@ def _schedules(schedule: Any, opt: torch.optim.Optimizer) -> dict[str, Any]:
     specs = {"lr": schedule} if single else dict(schedule)
     out = {}
     for key, spec in specs.items():
-        start = _current(opt, key)
+        start = float(hyperparams.read(opt, key))
         if isinstance(spec, str):
             spec = {"name": spec}
         if isinstance(spec, Mapping):
@@ -279,81 +281,13 @@ def _schedules(schedule: Any, opt: torch.optim.Optimizer) -> dict[str, Any]:
     return out
 
 
-def _current(opt: torch.optim.Optimizer, key: str) -> float:
-    """The initial value of hyperparameter ``key`` in the first param group."""
-    group = opt.param_groups[0]
-    if key in ("beta1", "beta2") and "betas" in group:
-        return float(group["betas"][key == "beta2"])
-    if key not in group:
-        known = ", ".join(k for k in group if k not in ("params", "param_names"))
-        raise KeyError(f"schedule: the optimizer has no hyperparameter {key!r} "
-                       f"(its param groups have: {known})")
-    return float(group[key])
-
-
 def _apply(driver: Any, opt: torch.optim.Optimizer, k: int, key: str) -> None:
-    """Write the schedule's value for step ``k`` into every group's ``key``."""
-    if key == "beta1":
-        key = "betas"  # apply() sets a tuple's first element
-    if key != "beta2":
-        sched.apply(driver, opt, k, key)
-        return
+    """Write the schedule's value for step ``k`` into every group's ``key`` (a flat name)."""
     value = driver.value if isinstance(driver, ReduceOnPlateau) else driver(k)
-    for group in opt.param_groups:
-        beta1, beta2 = group["betas"]
-        if isinstance(beta2, Tensor):
-            with torch.no_grad():
-                beta2.fill_(float(value))
-        else:
-            group["betas"] = (beta1, float(value))
+    hyperparams.write(opt, key, value)
 
 
 # -- stepping -------------------------------------------------------------------------------
-class _StepCounter:
-    """Counts ``optimizer.step`` calls (how a task's own ``train_step`` spends gradients)."""
-
-    def __init__(self, opt: torch.optim.Optimizer) -> None:
-        self.count = 0
-        register = getattr(opt, "register_step_pre_hook", None)
-        self._handle = register(self._hook) if register is not None else None
-
-    def _hook(self, *_: Any) -> None:
-        self.count += 1
-
-    def take(self) -> int:
-        count, self.count = self.count, 0
-        return count
-
-    def remove(self) -> None:
-        if self._handle is not None:
-            self._handle.remove()
-
-
-def _take_step(task: Any, module: nn.Module, opt: torch.optim.Optimizer, batch: Any,
-               counter: _StepCounter) -> Tensor:
-    """One step; returns the loss at the weights before it. Afterwards ``counter.count`` holds
-    the gradient evaluations spent."""
-    train_step = getattr(task, "train_step", None)
-    if train_step is not None:
-        loss = train_step(module, opt, batch).detach()
-        counter.count = max(counter.count, 1)
-        return loss
-    losses: list[Tensor] = []
-
-    def closure() -> Tensor:
-        opt.zero_grad()
-        value = task.loss(module, batch)
-        value.backward()
-        losses.append(value.detach())
-        return value
-
-    opt.step(closure)
-    if not losses:
-        raise RuntimeError(f"{type(opt).__name__}.step(closure) never called the closure")
-    counter.count = len(losses)
-    return losses[0]
-
-
 def _to_device(batch: Any, device: torch.device) -> Any:
     if isinstance(batch, Tensor):
         return batch.to(device)

@@ -77,11 +77,13 @@ def test_divergence_detection() -> None:
     monitor = Monitor()
     assert monitor.observe(0, 2.0) is None
     assert monitor.observe(1, 1.9e6) is None
-    assert monitor.observe(2, 2.1e6) == "loss exceeded 1e+06 x its initial value at step 2"
+    assert monitor.observe(2, 2.1e6) == "loss exceeded 1e+06 x max(|first loss|, 1) at step 2"
     assert monitor.diverged_at == 2
     assert feed([1.0, float("nan")]).diverged == "loss is nan at step 1"
     assert feed([1.0, float("inf")]).diverged == "loss is inf at step 1"
-    assert feed([-1.0, 1e9]).diverged is None  # no blow-up check for a negative first loss
+    # a negative first loss is judged by its size (metaopt.divergence: max(|first|, 1))
+    assert feed([-1.0, 5e5]).diverged is None
+    assert feed([-1.0, 1e9]).diverged == "loss exceeded 1e+06 x max(|first loss|, 1) at step 1"
 
 
 def test_parameter_checks_and_records() -> None:

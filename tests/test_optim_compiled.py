@@ -39,7 +39,7 @@ def _train(case, backend, dtype=torch.float32):
 @pytest.mark.parametrize("case", ELEMENTWISE, ids=str)
 def test_compiled_equals_reference_and_never_recompiles(case):
     ours, opt, graphs = _train(case, "compiled")
-    assert set(opt._flat_mode.values()) == {"compiled"}
+    assert {r.mode for r in opt._runners.values()} == {"compiled"}
     assert graphs[0] == graphs[1], "a hyperparameter write recompiled the step"
     reference, _, _ = _train(case, "reference")
     for a, b in zip(ours, reference):
@@ -54,7 +54,7 @@ def test_compiled_population_equals_separate_reference_runs():
                                                    backend="compiled",
                                                    **population_kwargs(case)),
                    stacked, lambda ps: loss([p.double() for p in ps]).float(), 6)
-    assert set(opt._flat_mode.values()) == {"compiled"}
+    assert {r.mode for r in opt._runners.values()} == {"compiled"}
     before = counters["stats"]["unique_graphs"]
     opt.hparams[0]["lr"].copy_(torch.tensor([1e-3, 2e-3, 5e-3]))
     opt.zero_grad()
@@ -87,11 +87,11 @@ def test_auto_runs_eagerly_then_compiles_once_eager_time_has_paid_for_it(monkeyp
         opt.zero_grad()
         loss([p.double() for p in ps]).float().backward()
         opt.step()
-        modes.append(set(opt._flat_mode.values()))
-    assert list(opt._eager_seconds.values())[0] > 0  # the first step ran eagerly ...
+        modes.append({r.mode for r in opt._runners.values()})
+    assert list(opt._runners.values())[0].eager_seconds > 0  # the first step ran eagerly ...
     assert modes == [{"compiled"}] * 3  # ... and paid for compiling the rest
     small = metaopt.optim.AdamW([torch.zeros(3, requires_grad=True)])
     monkeypatch.setattr(backends, "COMPILE_MIN_NUMEL", 1 << 20)
     small.param_groups[0]["params"][0].grad = torch.ones(3)
     small.step()
-    assert set(small._flat_mode.values()) == {"eager"}  # small jobs never compile
+    assert {r.mode for r in small._runners.values()} == {"eager"}  # small jobs never compile

@@ -96,6 +96,6 @@ def test_compiled_backend_falls_back_to_eager_when_compilation_fails(monkeypatch
             o.zero_grad()
             (torch.tanh(xs[0]).sum(0) * xs[1]).sum().backward()
             o.step()
-    assert set(opt._flat_mode.values()) == {"eager"}
+    assert {r.mode for r in opt._runners.values()} == {"eager"}
     for x, y in zip(ps, qs):
         torch.testing.assert_close(x, y, rtol=1e-12, atol=1e-12)

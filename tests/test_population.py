@@ -57,7 +57,7 @@ def test_members_equal_separate_runs(name, forward):
         hparams = [{"lr": h["lr"]} for h in HPARAMS]
     pop = Population(task, name, hparams, seeds=[3, 4, 5], forward=forward)
     result = pop.run(25)
-    assert result.engine == "vmap" and pop.engine.forward == forward
+    assert result.engine == "stacked" and pop.engine.forward == forward
     for i, h in enumerate(hparams):
         module, value = _single_run(task, name, h, [3, 4, 5][i], 25)
         assert result.members[i].value == pytest.approx(value, rel=1e-10, abs=1e-12)

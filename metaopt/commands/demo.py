@@ -7,6 +7,7 @@ import time
 import torch
 
 from metaopt import optim, tasks
+from metaopt.tasks.task import take_step
 
 # (label, optimizer name, hyperparameters): sensible settings, not tuned per optimizer
 CONTENDERS = [
@@ -40,10 +41,7 @@ def train_once(task: tasks.Task, name: str, hparams: dict, steps: int, seed: int
     batches = task.data(torch.Generator().manual_seed(seed))
     start = time.perf_counter()
     for _ in range(steps):
-        batch = next(batches)
-        opt.zero_grad()
-        task.loss(module, batch).backward()
-        opt.step()
+        take_step(task, module, opt, next(batches))
     seconds = time.perf_counter() - start
     return task.evaluate(module), seconds
 

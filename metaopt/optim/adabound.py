@@ -80,7 +80,7 @@ class AdaBound(MetaOptimizer):
     coefficients = staticmethod(coefficients)
     update = staticmethod(update)
     rule = staticmethod(per_parameter(coefficients, update))
-    elementwise = True
+    flat_ok = True
 
     def __init__(self, params, lr: float | Tensor = 1e-3,
                  betas: tuple[float | Tensor, float | Tensor] = (0.9, 0.999),

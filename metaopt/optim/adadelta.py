@@ -46,7 +46,7 @@ class Adadelta(MetaOptimizer):
     coefficients = staticmethod(coefficients)
     update = staticmethod(update)
     rule = staticmethod(per_parameter(coefficients, update))
-    elementwise = True
+    flat_ok = True
 
     def __init__(self, params, lr: float | Tensor = 1.0, rho: float = 0.9, eps: float = 1e-6,
                  weight_decay: float = 0, foreach: bool | None = None, *,

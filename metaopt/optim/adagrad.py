@@ -44,7 +44,7 @@ class Adagrad(MetaOptimizer):
     coefficients = staticmethod(coefficients)
     update = staticmethod(update)
     rule = staticmethod(per_parameter(coefficients, update))
-    elementwise = True
+    flat_ok = True
 
     def __init__(self, params, lr: float | Tensor = 1e-2, lr_decay: float = 0,
                  weight_decay: float = 0, initial_accumulator_value: float = 0,

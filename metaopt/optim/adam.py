@@ -117,7 +117,7 @@ class Adam(MetaOptimizer):
     update = staticmethod(update)
     rule = staticmethod(per_parameter(coefficients, update))
     fused_rows = staticmethod(fused_rows)
-    elementwise = True
+    flat_ok = True
 
     def __init__(self, params, lr: float | Tensor = 1e-3,
                  betas: tuple[float | Tensor, float | Tensor] = (0.9, 0.999), eps: float = 1e-8,

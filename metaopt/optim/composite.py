@@ -48,7 +48,7 @@ class Composite(torch.optim.Optimizer):
         else:
             child.add_param_group(group)
         added = child.param_groups[-1]
-        dict.__setitem__(added, "optimizer", name)
+        added["optimizer"] = name
         self.param_groups.append(added)
 
     @property

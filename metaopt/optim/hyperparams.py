@@ -1,14 +1,23 @@
-"""Hyperparameters stored as tensors, behind a param-group dict that looks like torch's.
+"""Hyperparameters stored as tensors, behind a param-group dict that looks like torch's, and
+the one way to address them by flat name.
 
 A :class:`HyperGroup` is what ``optimizer.param_groups[i]`` holds. Its numeric hyperparameters
 (``lr``, ``betas``, ``eps``, ...) are 0-d tensors for a single model, or ``[P]`` tensors for a
 population of ``P`` stacked members. Assigning ``group["lr"] = 0.1`` (what torch's
 ``lr_scheduler``s do) writes *into* the existing tensor, so compiled steps see the new value
 without recompiling and every alias (``optimizer.hparams``) stays valid.
+
+Searches, schedules, PBT and the monitor name hyperparameters *flat*: ``lr``, ``beta1``/``beta2``
+for the elements of ``betas``, ``eps1``/``eps2`` for Adafactor's ``eps``, ``lookahead_k``.
+:func:`read`, :func:`write` (any group, any member), :func:`values` (all of them as floats),
+:func:`fold` (flat keyword arguments -> a constructor's own, with the class's defaults) and
+:func:`describe` (name, default, range, log-scale hint) are the only code that maps flat names
+to param-group keys; they work on metaopt groups and on plain torch.optim ones alike.
 """
 
 from __future__ import annotations
 
+import inspect
 import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -37,6 +46,7 @@ class Hyper:
     high_open: bool = False
     parts: tuple[str, ...] = ()
     optional: tuple[str, ...] = ()
+    log: bool | None = None  # searched on a log scale (None: by name, see LOG_SCALE)
 
     @property
     def names(self) -> tuple[str, ...]:
@@ -222,6 +232,17 @@ class HyperGroup(dict):
                 f"use metaopt.schedules, which computes a [P] value per member"
             )
 
+    def add_hyper(self, h: Hyper, value: Any) -> None:
+        """Give the group one more tensor hyperparameter (a wrapper's own, e.g. Lookahead's
+        ``lookahead_k``), validated like the rest."""
+        self.spec[h.key] = h
+        try:
+            made = self._make(h.key, value)
+        except ValueError:
+            del self.spec[h.key]
+            raise
+        dict.__setitem__(self, h.key, made)
+
     # -- export -------------------------------------------------------------------------
     def export(self) -> dict[str, Any]:
         """The group as torch's ``state_dict`` stores it: Python floats for 0-d values
@@ -256,3 +277,174 @@ def _to_plain(value: Any) -> Any:
 
 def _rebuild_group(plain: dict, spec: tuple[Hyper, ...], owner: str) -> HyperGroup:
     return HyperGroup(plain, spec, owner)
+
+
+# -- flat names: the one address of every hyperparameter -----------------------------------
+# Element names of tuple-valued keys in plain torch.optim groups (metaopt groups know theirs).
+TORCH_PARTS = {"betas": ("beta1", "beta2"), "eps": ("eps1", "eps2"),
+               "etas": ("etaminus", "etaplus"), "step_sizes": ("step_size_min", "step_size_max")}
+# Hyperparameters searched on a log scale unless their Hyper says otherwise.
+LOG_SCALE = frozenset({"lr", "eps", "eps1", "eps2", "weight_decay", "final_lr", "gamma",
+                       "lr_decay", "initial_accumulator_value"})
+_NOT_HPARAMS = ("params", "param_names")
+
+
+def _is_number(value: Any) -> bool:
+    if isinstance(value, bool):
+        return False
+    if isinstance(value, Tensor):
+        return value.is_floating_point()
+    return isinstance(value, (int, float))
+
+
+def flat_names(group: Mapping[str, Any]) -> dict[str, tuple[str, int | None]]:
+    """``{flat name: (param-group key, element index or None)}`` for one group."""
+    spec = getattr(group, "spec", None)
+    out: dict[str, tuple[str, int | None]] = {}
+    for key, value in group.items():
+        if key in _NOT_HPARAMS:
+            continue
+        if spec is not None and key in spec:
+            h = spec[key]
+            out.update({n: (key, j if h.parts else None) for j, n in enumerate(h.names)})
+        elif spec is None and isinstance(value, (tuple, list)) and value and all(
+                v is None or _is_number(v) for v in value):
+            names = TORCH_PARTS.get(key, ())
+            if len(names) != len(value):
+                names = tuple(f"{key}{j}" for j in range(len(value)))
+            out.update({n: (key, j) for j, n in enumerate(names)})
+        elif spec is None and _is_number(value):
+            out[key] = (key, None)
+    return out
+
+
+def _groups(target: Any) -> list[Mapping[str, Any]]:
+    groups = getattr(target, "param_groups", None)
+    return [target] if groups is None else groups
+
+
+def _locate(group: Mapping[str, Any], name: str, where: str) -> tuple[str, int | None]:
+    names = flat_names(group)
+    if name not in names:
+        raise KeyError(f"{where}: no hyperparameter {name!r}; this optimizer has "
+                       f"{', '.join(names) or 'none'}")
+    return names[name]
+
+
+def read(target: Any, name: str, *, group: int = 0, member: int | None = None) -> Any:
+    """Hyperparameter ``name`` (flat) of ``target`` (an optimizer or one param group): the
+    stored tensor (or float, for plain torch groups), or member ``member``'s value."""
+    g = _groups(target)[group]
+    key, j = _locate(g, name, type(target).__name__)
+    value = g[key] if j is None else g[key][j]
+    return value if member is None else value[member]
+
+
+def write(target: Any, name: str, value: Any, *, group: int | None = None,
+          member: int | None = None) -> None:
+    """Set hyperparameter ``name`` (flat) in every group of ``target`` (or group ``group``);
+    with ``member``, only that member's entry of a ``[P]`` value. Tensor hyperparameters are
+    written in place and validated (a bad value raises ValueError and changes nothing)."""
+    groups = _groups(target)
+    for g in groups if group is None else [groups[group]]:
+        key, j = _locate(g, name, type(target).__name__)
+        current = g[key] if j is None else g[key][j]
+        new = value
+        if member is not None:
+            if not isinstance(current, Tensor) or current.dim() != 1:
+                raise ValueError(f"{type(target).__name__}: {name} has no members (the group "
+                                 f"has no population); write it without member=")
+            new = current.detach().clone()
+            new[member] = torch.as_tensor(value, dtype=new.dtype)
+        elif not isinstance(current, Tensor) and isinstance(new, Tensor):
+            if new.dim() != 0:
+                raise ValueError(f"{type(target).__name__}: a per-member [P] value for {name} "
+                                 f"needs tensor hyperparameters, got a float entry")
+            new = float(new)
+        if j is None:
+            g[key] = new
+        else:
+            parts = list(g[key])
+            parts[j] = new
+            g[key] = tuple(parts)
+
+
+def flatten(target: Any, hparams: Mapping[str, Any], *, group: int = 0) -> dict[str, Any]:
+    """Keyword arguments as flat names of ``target``'s group: ``betas=(a, b)`` becomes
+    ``beta1=a, beta2=b``; flat names pass through. KeyError for a name the group lacks."""
+    g = _groups(target)[group]
+    names = flat_names(g)
+    out: dict[str, Any] = {}
+    for key, value in hparams.items():
+        parts = [n for n, (k, j) in names.items() if k == key and j is not None]
+        if key not in names and parts and isinstance(value, (tuple, list)):
+            out.update(zip(parts, value))
+        else:
+            _locate(g, key, type(target).__name__)
+            out[key] = value
+    return out
+
+
+def values(target: Any) -> dict[str, float]:
+    """Every scalar hyperparameter as a float: group 0's by flat name, group ``i``'s as
+    ``name/i``. ``[P]`` values and optional ones left unset (``None``) are left out."""
+    out: dict[str, float] = {}
+    for i, g in enumerate(_groups(target)):
+        for name, (key, j) in flat_names(g).items():
+            value = g[key] if j is None else g[key][j]
+            if isinstance(value, Tensor) and value.numel() != 1 or value is None:
+                continue
+            out[name if i == 0 else f"{name}/{i}"] = float(value)
+    return out
+
+
+def fold(cls: Any, hparams: Mapping[str, Any]) -> dict[str, Any]:
+    """Flat keyword arguments (``beta1=0.95``) -> the constructor's own (``betas=(0.95, b2)``),
+    the missing elements taken from ``betas`` if given, else from ``cls``'s own default (Lion's
+    beta2 is 0.99, not Adam's 0.999). Classes without ``hypers`` get ``hparams`` unchanged."""
+    out = dict(hparams)
+    for h in getattr(cls, "hypers", ()):
+        if not h.parts or not any(n in out for n in h.parts):
+            continue
+        base = out.pop(h.key, None)
+        if base is None:
+            base = inspect.signature(cls).parameters[h.key].default
+        out[h.key] = tuple(out.pop(n, b) for n, b in zip(h.parts, base))
+    return out
+
+
+@dataclass(frozen=True)
+class HyperInfo:
+    """What a search needs to know of one hyperparameter: its flat ``name``, the param-group
+    ``key`` holding it, the class's ``default`` (None: optional and unset), the allowed range
+    and whether it is usually searched on a log scale."""
+
+    name: str
+    key: str
+    default: float | None
+    low: float
+    high: float
+    low_open: bool
+    high_open: bool
+    log: bool
+
+    def contains(self, value: float) -> bool:
+        low_ok = value > self.low if self.low_open else value >= self.low
+        high_ok = value < self.high if self.high_open else value <= self.high
+        return low_ok and high_ok
+
+    def bounds_text(self) -> str:
+        return Hyper(self.key, self.low, self.high, self.low_open, self.high_open).bounds_text()
+
+
+def describe(group: HyperGroup) -> dict[str, HyperInfo]:
+    """Every hyperparameter of a metaopt param group, by flat name, with its current value as
+    the default (call it on a freshly built optimizer)."""
+    out = {}
+    for name, (key, j) in flat_names(group).items():
+        h = group.spec[key]
+        value = group[key] if j is None else group[key][j]
+        default = None if value is None else float(value.reshape(-1)[0])
+        log = h.log if h.log is not None else name in LOG_SCALE
+        out[name] = HyperInfo(name, key, default, h.low, h.high, h.low_open, h.high_open, log)
+    return out

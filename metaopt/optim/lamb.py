@@ -87,7 +87,7 @@ class LAMB(MetaOptimizer):
     measure = staticmethod(measure)
     combine = staticmethod(combine)
     apply = staticmethod(apply)
-    elementwise = True
+    flat_ok = True
     segmented = True
 
     def __init__(self, params, lr: float | Tensor = 1e-3,

@@ -46,7 +46,7 @@ class Lion(MetaOptimizer):
     coefficients = staticmethod(coefficients)
     update = staticmethod(update)
     rule = staticmethod(per_parameter(coefficients, update))
-    elementwise = True
+    flat_ok = True
 
     def __init__(self, params, lr: float | Tensor = 1e-4,
                  betas: tuple[float | Tensor, float | Tensor] = (0.9, 0.99),

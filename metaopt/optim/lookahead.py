@@ -24,7 +24,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from metaopt.optim.hyperparams import Hyper, HyperGroup, as_hparam_tensor
+from metaopt.optim.hyperparams import Hyper, HyperGroup
 from metaopt.optim.members import new_step, per_member
 from metaopt.optim.optimizer import MetaOptimizer, State
 from metaopt.optim.registry import create, lookup
@@ -59,20 +59,6 @@ def sync(params: list[Tensor], states: list[State], hp: Mapping[str, Tensor]) ->
         slow = s["slow_param"]
         slow.lerp_(p, per_member(alpha * due, p))  # slow + α (p - slow) when due
         p.lerp_(slow, per_member(due, p))  # p = slow when due (lerp weight 1 copies exactly)
-
-
-def _add_hypers(group: HyperGroup, values: Mapping[str, Any], where: str) -> None:
-    """Give ``group`` the Lookahead hyperparameters (validated tensors, like its own)."""
-    made = {}
-    for h in HYPERS:
-        t = as_hparam_tensor(values[h.key], h.key, group.population, group.dtype, group.device,
-                             where)
-        h.check(h.key, t, where)
-        made[h] = t
-    for h, t in made.items():
-        group.spec[h.key] = h
-        group.hparams[h.key] = t
-        dict.__setitem__(group, h.key, t)
 
 
 class LookaheadState(Mapping):
@@ -147,8 +133,8 @@ class Lookahead(torch.optim.Optimizer):
             group = inner[-1]
         if KEYS[0] in group.spec:
             raise ValueError("Lookahead: this optimizer is already wrapped in a Lookahead")
-        values = {key: given.get(key, self.defaults[key]) for key in KEYS}
-        _add_hypers(group, values, f"Lookahead({group.owner})")
+        for h in HYPERS:
+            group.add_hyper(h, given.get(h.key, self.defaults[h.key]))
 
     @property
     def hparams(self) -> list[dict[str, Tensor | None]]:

@@ -62,7 +62,7 @@ class NAdam(MetaOptimizer):
     coefficients = staticmethod(coefficients)
     update = staticmethod(update)
     rule = staticmethod(per_parameter(coefficients, update))
-    elementwise = True
+    flat_ok = True
 
     def __init__(self, params, lr: float | Tensor = 2e-3,
                  betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8,

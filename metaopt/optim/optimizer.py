@@ -10,7 +10,6 @@ can be reset or overwritten from another.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any, ClassVar, Protocol
 
@@ -60,8 +59,8 @@ class MetaOptimizer(torch.optim.Optimizer):
     needs_closure: ClassVar[bool] = False
     needs_model: ClassVar[bool] = False
     supports_population: ClassVar[bool] = True
-    elementwise: ClassVar[bool] = False  # the rule may run on flat buffers (eager/compiled)
-    segmented: ClassVar[bool] = False  # its update also reduces per parameter (see elementwise)
+    flat_ok: ClassVar[bool] = False  # the rule may run on flat buffers (eager/compiled)
+    segmented: ClassVar[bool] = False  # flat, but it also sums per parameter (see elementwise)
     block: ClassVar[int] = 256  # block size of a segmented rule's flat buffers
 
     def __init__(self, params: Iterable, defaults: dict[str, Any], *,
@@ -73,11 +72,10 @@ class MetaOptimizer(torch.optim.Optimizer):
                 f"rules (metaopt.optim.<module>.rule) under torch.func, as learned.meta_train does"
             )
         defaults = dict(defaults, population=population, backend=backend)
-        backends.resolve(backend, True, 0)  # validates the name
+        backends.check(backend)
         self.transforms: list[GradientTransform] = []
         self._buckets: dict[int, list[Bucket]] = {}
-        self._flat_mode: dict[int, str] = {}
-        self._eager_seconds: dict[int, float] = {}
+        self._runners: dict[int, backends.Runner] = {}  # per group: eager / compiled / auto
         super().__init__(params, defaults)
 
     # -- groups -------------------------------------------------------------------------
@@ -132,28 +130,19 @@ class MetaOptimizer(torch.optim.Optimizer):
         if buckets is not None:
             status = {b.grad_status() for b in buckets}
             if status == {"none"}:
-                return _Plan(group, "eager", algorithm, hp, opts, [], [], [])
+                return _Plan(group, algorithm, hp, opts, [], [], [])
             if status != {"all"} or not all(b.uniform for b in buckets):
                 for b in buckets:  # some parameters skip this step: counters will differ
                     b.uniform = b.uniform and b.grad_status() != "some"
                 buckets = None
         if buckets is None:
             params, grads, states = self._gather(group)
-            return _Plan(group, "reference", algorithm, hp, opts, params, grads, states)
+            return _Plan(group, algorithm, hp, opts, params, grads, states)
         for bucket in buckets:
             bucket.gather_grads()
-        mode = self._flat_mode[id(group)]
-        return _Plan(group, mode, algorithm, hp, opts, [b.param for b in buckets],
+        return _Plan(group, algorithm, hp, opts, [b.param for b in buckets],
                      [b.grad for b in buckets], [b.state for b in buckets], buckets,
-                     on_mode=lambda used: self._flat_mode.__setitem__(id(group), used),
-                     on_eager=lambda seconds: self._charge(id(group), seconds))
-
-    def _charge(self, key: int, seconds: float) -> None:
-        """``auto``: count eager update time; compile once it has cost a compilation."""
-        spent = self._eager_seconds.get(key, 0.0) + seconds
-        self._eager_seconds[key] = spent
-        if spent >= backends.COMPILE_AFTER_SECONDS:
-            self._flat_mode[key] = "compiled"
+                     self._runners[id(group)])
 
     # -- flat buckets (eager / compiled backends) ---------------------------------------
     def _flat_buckets(self, group: HyperGroup) -> list[Bucket] | None:
@@ -163,9 +152,7 @@ class MetaOptimizer(torch.optim.Optimizer):
         if buckets is not None and all(b.intact() for b in buckets):
             return buckets
         params = list(group["params"])
-        numel = sum(p.numel() for p in params)
-        mode = backends.resolve(group["backend"], type(self).elementwise, numel)
-        if mode == "reference" or not params:
+        if not backends.uses_flat(group["backend"], type(self).flat_ok) or not params:
             return None
         if any(p.grad is not None and p.grad.is_sparse for p in params):
             raise RuntimeError(f"{type(self).__name__} does not support sparse gradients")
@@ -181,7 +168,7 @@ class MetaOptimizer(torch.optim.Optimizer):
                               [self.state[p] for p in members])
             buckets.append(bucket)
         self._buckets[key] = buckets
-        self._flat_mode.setdefault(key, mode)
+        self._runners.setdefault(key, backends.Runner(group["backend"]))
         return buckets
 
     def _invalidate_buckets(self, group: HyperGroup | None = None) -> None:
@@ -297,8 +284,7 @@ class MetaOptimizer(torch.optim.Optimizer):
     def __setstate__(self, state: dict[str, Any]) -> None:
         super().__setstate__(state)
         self.__dict__.setdefault("transforms", [])
-        self._buckets, self._flat_mode = {}, {}  # rebuilt from per-parameter state on use
-        self._eager_seconds = {}
+        self._buckets, self._runners = {}, {}  # rebuilt from per-parameter state on use
 
     # -- checkpoints --------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
@@ -365,16 +351,16 @@ class MetaOptimizer(torch.optim.Optimizer):
 
 
 class _Plan:
-    """One group's work for one step: its rule over per-parameter tensors (reference) or
-    over flat buckets (eager / compiled)."""
+    """One group's work for one step: its rule over per-parameter tensors (the reference
+    path) or over flat buckets (run eagerly or compiled as the group's runner says)."""
 
-    def __init__(self, group: HyperGroup, mode: str, algorithm: type[MetaOptimizer], hp, opts,
+    def __init__(self, group: HyperGroup, algorithm: type[MetaOptimizer], hp, opts,
                  params, grads, states, buckets: list[Bucket] | None = None,
-                 on_mode=None, on_eager=None) -> None:
-        self.group, self.mode, self.hp, self.opts = group, mode, hp, opts
+                 runner: backends.Runner | None = None) -> None:
+        self.group, self.hp, self.opts = group, hp, opts
         self.algorithm, self.rule = algorithm, algorithm.rule
         self.params, self.grads, self.states = params, grads, states
-        self.buckets, self.on_mode, self.on_eager = buckets, on_mode, on_eager
+        self.buckets, self.runner = buckets, runner
 
     def tensors(self, per_parameter: bool) -> tuple[list[Tensor], list[Tensor]]:
         """(params, grads) as transforms see them: true gradients (maximize applied)."""
@@ -410,12 +396,5 @@ class _Plan:
         if self.buckets is None:
             self.rule(self.params, self.grads, self.states, self.hp, self.opts)
             return
-        start = time.perf_counter()
         for bucket, grad in zip(self.buckets, self.grads):
-            mode = "eager" if self.mode == "auto" else self.mode
-            used = backends.run_flat(self.algorithm, mode, bucket, grad, self.hp, self.opts)
-            if used != mode:
-                self.mode = used
-                self.on_mode(used)
-        if self.mode == "auto":
-            self.on_eager(time.perf_counter() - start)
+            backends.run_flat(self.algorithm, self.runner, bucket, grad, self.hp, self.opts)

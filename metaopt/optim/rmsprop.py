@@ -65,7 +65,7 @@ class RMSprop(MetaOptimizer):
     coefficients = staticmethod(coefficients)
     update = staticmethod(update)
     rule = staticmethod(per_parameter(coefficients, update))
-    elementwise = True
+    flat_ok = True
 
     def __init__(self, params, lr: float | Tensor = 1e-2, alpha: float = 0.99,
                  eps: float = 1e-8, weight_decay: float = 0, momentum: float = 0,
@@ -80,4 +80,4 @@ class RMSprop(MetaOptimizer):
 
     def check_group(self, group) -> None:
         uses = bool((group.hparams["momentum"] > 0).any())
-        dict.__setitem__(group, "uses_momentum", group.get("uses_momentum") or uses)
+        group["uses_momentum"] = group.get("uses_momentum") or uses

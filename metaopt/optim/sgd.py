@@ -56,7 +56,7 @@ class SGD(MetaOptimizer):
     coefficients = staticmethod(coefficients)
     update = staticmethod(update)
     rule = staticmethod(per_parameter(coefficients, update))
-    elementwise = True
+    flat_ok = True
     def __init__(self, params, lr: float | Tensor = 1e-3, momentum: float = 0,
                  dampening: float = 0, weight_decay: float | Tensor = 0,
                  nesterov: bool = False, *, maximize: bool = False,
@@ -73,13 +73,13 @@ class SGD(MetaOptimizer):
         if group["nesterov"] and (not nonzero or bool((group.hparams["dampening"] != 0).any())):
             raise ValueError(f"{group.owner}: nesterov=True requires momentum > 0 and "
                              f"dampening = 0 for every member")
-        dict.__setitem__(group, "uses_momentum", group.get("uses_momentum") or nonzero)
+        group["uses_momentum"] = group.get("uses_momentum") or nonzero
 
     def on_write(self, group, key) -> None:
         """torch starts using momentum as soon as it is non-zero: do the same."""
         if key == "momentum" and not group["uses_momentum"]:
             if bool((group.hparams["momentum"] != 0).any()):
-                dict.__setitem__(group, "uses_momentum", True)
+                group["uses_momentum"] = True
                 self._invalidate_buckets(group)
                 for p in group["params"]:
                     state = self.state.get(p)

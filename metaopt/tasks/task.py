@@ -95,23 +95,37 @@ class Task:
             )
 
     def run_step(self, module: nn.Module, optimizer: torch.optim.Optimizer, batch: Batch) -> Tensor:
-        """One training step on ``batch``; returns the detached training loss.
+        """One training step on ``batch``; returns the detached training loss (see
+        :func:`take_step`)."""
+        return take_step(self, module, optimizer, batch)[0]
 
-        Calls ``train_step`` when the task has one; otherwise steps ``optimizer`` with a closure
-        (zero_grad, loss, backward), which every ``torch.optim`` optimizer accepts and which
-        closure-hungry ones (L-BFGS, line searches) need.
-        """
-        if self.train_step is not None:
-            return self.train_step(module, optimizer, batch).detach()
 
-        def closure() -> Tensor:
-            optimizer.zero_grad()
-            value = self.loss(module, batch)
-            value.backward()
-            return value
+def take_step(task: Task, module: nn.Module, optimizer: torch.optim.Optimizer,
+              batch: Batch) -> tuple[Tensor, int]:
+    """One training step on ``batch``: the one step every trainer takes (``metaopt.train``,
+    the population's loop engine, the demo).
 
-        value = optimizer.step(closure)
-        return value.detach() if isinstance(value, Tensor) else torch.tensor(math.nan)
+    Calls the task's ``train_step`` when it has one; otherwise steps ``optimizer`` with a
+    closure (zero_grad, loss, backward), which every ``torch.optim`` optimizer accepts and which
+    closure-hungry ones (L-BFGS, line searches) need. Returns the detached loss at the weights
+    before the step (the closure's first evaluation) and the gradient evaluations it spent
+    (closure calls; ``grad_evals_per_step`` for an own ``train_step``).
+    """
+    if task.train_step is not None:
+        return task.train_step(module, optimizer, batch).detach(), task.grad_evals_per_step
+    losses: list[Tensor] = []
+
+    def closure() -> Tensor:
+        optimizer.zero_grad()
+        value = task.loss(module, batch)
+        value.backward()
+        losses.append(value.detach())
+        return value
+
+    optimizer.step(closure)
+    if not losses:
+        raise RuntimeError(f"{type(optimizer).__name__}.step(closure) never called the closure")
+    return losses[0], len(losses)
 
 
 def module_device(module: nn.Module) -> torch.device:
