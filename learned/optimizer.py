@@ -9,7 +9,6 @@ hyperparameter, ``lr``, a multiplier on the learned step (1 = as meta-trained).
 
 from __future__ import annotations
 
-import functools
 import os
 from collections.abc import Iterable, Mapping
 from typing import Any
@@ -38,11 +37,6 @@ def coordinate_step_(param: Tensor, grad: Tensor, moments: list[Tensor], v: Tens
     return stats
 
 
-@functools.cache
-def _compiled_step() -> Any:
-    return torch.compile(coordinate_step_, dynamic=True, fullgraph=True)
-
-
 def _members(t: Tensor, population: bool) -> Tensor:
     return t if population else t.unsqueeze(0)
 
@@ -68,7 +62,7 @@ def _step_fast(net: PerTensorNet, param: Tensor, grad: Tensor, state: State, lr:
     moments = [flat(state[f"m{i}"]) for i in range(len(net.betas))]
     args = (flat(param), g, moments, flat(state["v"]), coef, net.w1, net.w2)
     stats = runner.run(lambda: coordinate_step_(*args, False),
-                       lambda: _compiled_step()(*args, True), param.numel())
+                       lambda: backends.compiled(coordinate_step_)(*args, True), param.numel())
     for key, value in new.items():
         state[key] = _unmembers(value, population)
     state["stats"] = _unmembers(stats, population)

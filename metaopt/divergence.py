@@ -1,11 +1,7 @@
-"""When a run has diverged: the one rule that ``metaopt.train``, the monitor and the population
-trainer all apply.
-
-A loss diverges when it is not finite, or when it exceeds ``blowup`` times the size of the
-run's first loss, ``max(|first|, 1)``: the absolute value so that losses that start negative
-(log-likelihoods, policy objectives) are judged too, and the floor of 1 so that a first loss at
-or near zero does not make every later wobble count as a blow-up.
-"""
+"""When a run has diverged: the one rule ``metaopt.train``, the monitor and the population
+trainer apply. A loss diverges when it is not finite, or exceeds ``blowup`` times
+``max(|first loss|, 1)``: the size, so that losses that start negative are judged too; the
+floor, so that a first loss near zero does not make every later wobble a blow-up."""
 
 from __future__ import annotations
 
@@ -17,8 +13,7 @@ OK, NOT_FINITE, BLOWN_UP = 0, 1, 2
 
 
 def judge(losses: Tensor, first: Tensor, blowup: float = BLOWUP) -> Tensor:
-    """Per loss: ``OK``, ``NOT_FINITE`` or ``BLOWN_UP`` (an int tensor shaped like ``losses``);
-    ``first`` holds each run's first loss."""
+    """Per loss ``OK``, ``NOT_FINITE`` or ``BLOWN_UP``; ``first`` holds each run's first loss."""
     losses, first = losses.double(), first.double()
     finite = torch.isfinite(losses)
     blown = finite & (losses > blowup * first.abs().clamp(min=1.0))
@@ -29,12 +24,9 @@ def reason(verdict: int, loss: float, step: int, blowup: float = BLOWUP) -> str 
     """The text of a :func:`judge` verdict (None for ``OK``)."""
     if verdict == NOT_FINITE:
         return f"loss is {loss} at step {step}"
-    if verdict == BLOWN_UP:
-        return f"loss exceeded {blowup:g} x max(|first loss|, 1) at step {step}"
-    return None
+    return f"loss exceeded {blowup:g} x max(|first loss|, 1) at step {step}" if verdict else None
 
 
 def check(loss: float, first: float, step: int, blowup: float = BLOWUP) -> str | None:
     """One run's loss at ``step``: the divergence reason, or None."""
-    verdict = int(judge(torch.tensor(loss), torch.tensor(first), blowup))
-    return reason(verdict, loss, step, blowup)
+    return reason(int(judge(torch.tensor(loss), torch.tensor(first), blowup)), loss, step, blowup)

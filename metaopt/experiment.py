@@ -14,7 +14,6 @@ was expected.
 
 from __future__ import annotations
 
-import dataclasses
 import math
 import re
 from collections.abc import Callable, Mapping
@@ -163,14 +162,8 @@ META_TRAIN_CHECKS: dict[str, Check] = {
 }
 
 
-def _default(f: dataclasses.Field) -> Any:
-    if f.default_factory is not dataclasses.MISSING:
-        return f.default_factory()
-    return f.default
-
-
-SECTIONS["meta_train"] = {f.name: Key(META_TRAIN_CHECKS[f.name], _default(f))
-                          for f in dataclasses.fields(MetaTrainConfig) if f.name != "seed"}
+SECTIONS["meta_train"] = {name: Key(check, getattr(MetaTrainConfig(), name))
+                          for name, check in META_TRAIN_CHECKS.items()}
 
 
 @dataclass
@@ -185,6 +178,16 @@ class Experiment:
     storage: str | None
     device: str
     sections: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    def load_task(self) -> Any:
+        """The experiment's task, or an ExperimentError naming the ``task`` key."""
+        from metaopt import tasks
+
+        try:
+            return tasks.get(self.task)
+        except (ValueError, ImportError, AttributeError) as err:
+            raise ExperimentError(self.file, "task", "a built-in task or "
+                                  "package.module:attribute", f"{self.task} ({err})") from None
 
     def section(self, command: str) -> dict[str, Any]:
         """The section a command needs; an ExperimentError if the file has none."""

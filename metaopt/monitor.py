@@ -23,6 +23,7 @@ from __future__ import annotations
 import csv
 import math
 import os
+import sys
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
@@ -203,6 +204,16 @@ class Monitor:
         self.first_loss, self.diverged = state["first_loss"], state["diverged"]
         self.diverged_at = state["diverged_at"]
         self._losses, self._grad_norms = list(state["losses"]), list(state["grad_norms"])
+
+
+def progress_bar(progress: bool | None, total: int, desc: str, **options: Any) -> Any:
+    """A tqdm bar for long work, or None: ``progress=None`` shows one only when stderr is a
+    terminal (so logs and CI output stay clean)."""
+    if not (sys.stderr.isatty() if progress is None else progress):
+        return None
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc=desc, dynamic_ncols=True, leave=False, **options)
 
 
 # -- logging ------------------------------------------------------------------------------

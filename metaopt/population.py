@@ -15,7 +15,6 @@ re-initialised (a search refilling a slot with a new trial) or overwritten from 
 from __future__ import annotations
 
 import math
-import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -25,6 +24,7 @@ import torch
 from torch import Tensor
 
 from metaopt import divergence, optim, schedules
+from metaopt.monitor import progress_bar
 from metaopt.population_engines import LoopEngine, StackedEngine, set_member_hparams
 from metaopt.tasks import Task
 from metaopt.tasks import get as get_task
@@ -62,18 +62,6 @@ class PopulationResult:
         return min(ok, key=lambda m: m.value)
 
 
-def _factory(optimizer: str | Callable) -> Callable:
-    """A registry name or a factory ``(params, **hparams) -> optimizer``, as a factory."""
-    if callable(optimizer):
-        return optimizer
-    optim.lookup(optimizer)  # unknown names fail here, before any work
-
-    def create(params, **hparams):
-        return optim.create(optimizer, params, **hparams)
-
-    return create
-
-
 class Population:
     """P members of one task trained together; see the module docstring.
 
@@ -98,7 +86,7 @@ class Population:
         self.seeds = list(seeds) if seeds is not None else [seed + i for i in range(self.P)]
         if len(self.seeds) != self.P:
             raise ValueError(f"{len(self.seeds)} seeds for {self.P} members")
-        self.make_optimizer = _factory(optimizer)
+        self.make_optimizer = optim.factory(optimizer)
         self.forward = forward
         self.engine, self.note = self._build(engine, device)
         self.members = [MemberResult(s, dict(h)) for s, h in zip(self.seeds, self.hparams)]
@@ -106,7 +94,8 @@ class Population:
         self.first_loss = torch.full((self.P,), math.nan, dtype=torch.float64)
         self.active = torch.ones(self.P, dtype=torch.bool)
         self.evaluations = 0
-        self.schedules = self._schedules(schedule)
+        self.schedules = schedules.drivers(
+            schedule, lambda key: self.engine.read_hparam(key).double().clone())
 
     # -- construction -------------------------------------------------------------------
     def _build(self, engine: str, device: str):
@@ -133,17 +122,6 @@ class Population:
             return "member-by-member loop: the task's model can't be vmapped"
         return None
 
-    def _schedules(self, schedule: Mapping[str, Any] | None) -> dict[str, Any]:
-        if schedule is None:
-            return {}
-        specs = dict(schedule) if "name" not in schedule else {"lr": schedule}
-        built = {}
-        for key, spec in specs.items():
-            if isinstance(spec, Mapping):
-                spec = schedules.with_base(spec, self.engine.read_hparam(key).double().clone())
-            built[key] = schedules.create(spec)
-        return built
-
     # -- stepping -----------------------------------------------------------------------
     def step(self) -> Tensor:
         """One step of every member; returns the ``[P]`` training losses."""
@@ -168,10 +146,7 @@ class Population:
 
     def _apply_schedules(self) -> None:
         for key, schedule in self.schedules.items():
-            if isinstance(schedule, schedules.ReduceOnPlateau):
-                values = torch.as_tensor(schedule.value, dtype=torch.float64)
-            else:
-                values = schedule(self.steps_done)
+            values = torch.as_tensor(schedule(self.steps_done), dtype=torch.float64)
             self.engine.write_hparam(key, values.expand(self.P).clone())
         if not bool(self.active.all()):
             lr = self.engine.read_hparam("lr").clone()
@@ -252,7 +227,7 @@ class Population:
             eval_every: int | None = None) -> PopulationResult:
         """Train every member ``steps`` steps, evaluate, and return the result."""
         start = time.perf_counter()
-        bar = _progress(progress, steps, f"{self.task.name}: {self.P} members")
+        bar = progress_bar(progress, steps, f"{self.task.name}: {self.P} members")
         for k in range(steps):
             losses = self.step()
             if eval_every and (k + 1) % eval_every == 0 and k + 1 < steps:
@@ -292,13 +267,3 @@ def train_population(task: Task | str, optimizer: str | Callable,
     pop = Population(task, optimizer, hparams, seeds=seeds, seed=seed, schedule=schedule,
                      device=device, engine=engine)
     return pop.run(steps or pop.task.steps, progress=progress)
-
-
-def _progress(progress: bool | None, total: int, desc: str):
-    if progress is None:
-        progress = sys.stderr.isatty()
-    if not progress:
-        return None
-    from tqdm.auto import tqdm
-
-    return tqdm(total=total, desc=desc, leave=False)

@@ -18,7 +18,7 @@ from torch.func import functional_call, stack_module_state, vmap
 
 from metaopt.optim import hyperparams
 from metaopt.tasks.datasets import Minibatches
-from metaopt.tasks.task import LossModule, Task
+from metaopt.tasks.task import LossModule, Task, take_step
 
 OptimizerFactory = Callable[..., torch.optim.Optimizer]
 
@@ -210,7 +210,7 @@ class LoopEngine:
             if not self.active[i]:
                 losses.append(torch.tensor(float("nan")))
                 continue
-            losses.append(self.task.run_step(module, opt, batch).float().cpu())
+            losses.append(take_step(self.task, module, opt, batch)[0].float().cpu())
         return torch.stack(losses)
 
     def evaluate(self, members: Sequence[int]) -> list[float]:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import math
 import os
-import sys
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -22,7 +21,7 @@ from torch import Tensor, nn
 
 from metaopt import optim, tasks
 from metaopt import schedules as sched
-from metaopt.monitor import Monitor
+from metaopt.monitor import Monitor, progress_bar
 from metaopt.optim import hyperparams
 from metaopt.schedules import ReduceOnPlateau, Schedule
 from metaopt.tasks.task import take_step
@@ -150,7 +149,7 @@ def train(
             raise TypeError(f"gradient transforms need a metaopt optimizer, got "
                             f"{type(opt).__name__}")
         opt.add_transform(transform)
-    drivers = _schedules(schedule, opt)
+    drivers = sched.drivers(schedule, lambda key: _initial(opt, key))
     generator = torch.Generator().manual_seed(seed)
     batches = task.data(generator)
     run = _Run(monitor=monitor)
@@ -163,12 +162,12 @@ def train(
         run.path.append(_flat(params))
         run.path_step = 0
 
-    bar = _progress_bar(progress, steps, run.step, task.name)
+    bar = progress_bar(progress, steps, f"train {task.name}", unit="step", initial=run.step)
     try:
         while run.step < steps and monitor.diverged is None:
             k = run.step
             for key, driver in drivers.items():
-                _apply(driver, opt, k, key)
+                hyperparams.write(opt, key, driver(k))
             batch = _to_device(next(batches), device)
             monitor.before_step(k, params)
             loss, spent = take_step(task, module, opt, batch)
@@ -249,45 +248,19 @@ def _build_optimizer(task: Any, optimizer: str | OptimizerFactory | None,
         same = isinstance(optimizer, str) and optimizer.lower() == getattr(
             task, "default_optimizer", None)
         hparams = dict(task.default_hparams) if same else {}
-    if isinstance(optimizer, str):
-        return optim.create(optimizer, module.parameters(), **hparams), optimizer.lower()
-    if not callable(optimizer):
+    if not isinstance(optimizer, str) and not callable(optimizer):
         raise TypeError(f"optimizer must be a registry name or a callable "
                         f"(params, **hparams) -> Optimizer, got {optimizer!r}")
-    name = getattr(optimizer, "__name__", type(optimizer).__name__)
-    return optimizer(module.parameters(), **hparams), name
+    name = optimizer.lower() if isinstance(optimizer, str) else getattr(
+        optimizer, "__name__", type(optimizer).__name__)
+    return optim.factory(optimizer)(module.parameters(), **hparams), name
 
 
-def _schedules(schedule: Any, opt: torch.optim.Optimizer) -> dict[str, Any]:
-    """``{hyperparameter: Schedule | ReduceOnPlateau}`` from what the user gave."""
-    if schedule is None:
-        return {}
-    single = isinstance(schedule, (str, Schedule, ReduceOnPlateau)) or (
-        isinstance(schedule, Mapping) and "name" in schedule)
-    specs = {"lr": schedule} if single else dict(schedule)
-    out = {}
-    for key, spec in specs.items():
-        start = float(hyperparams.read(opt, key))
-        if isinstance(spec, str):
-            spec = {"name": spec}
-        if isinstance(spec, Mapping):
-            if "base_lr" not in spec and spec.get("name") != "one_cycle":
-                spec = {**spec, "base_lr": start}
-            spec = sched.create(spec)
-        if not isinstance(spec, (Schedule, ReduceOnPlateau)):
-            raise TypeError(f"schedule for {key!r} must be a spec dict, a Schedule or a "
-                            f"ReduceOnPlateau, got {spec!r}")
-        out[key] = spec
-    return out
+def _initial(opt: torch.optim.Optimizer, key: str) -> float | None:
+    value = hyperparams.read(opt, key)
+    return None if value is None else float(value)
 
 
-def _apply(driver: Any, opt: torch.optim.Optimizer, k: int, key: str) -> None:
-    """Write the schedule's value for step ``k`` into every group's ``key`` (a flat name)."""
-    value = driver.value if isinstance(driver, ReduceOnPlateau) else driver(k)
-    hyperparams.write(opt, key, value)
-
-
-# -- stepping -------------------------------------------------------------------------------
 def _to_device(batch: Any, device: torch.device) -> Any:
     if isinstance(batch, Tensor):
         return batch.to(device)
@@ -303,16 +276,6 @@ def _flat(params: Sequence[Tensor]) -> Tensor:
 def _write(writers: Sequence[Any], step: int, scalars: dict[str, float]) -> None:
     for writer in writers:
         writer.write(step, scalars)
-
-
-def _progress_bar(progress: bool | None, steps: int, initial: int, name: str) -> Any:
-    show = sys.stderr.isatty() if progress is None else progress
-    if not show:
-        return None
-    from tqdm.auto import tqdm
-
-    return tqdm(total=steps, initial=initial, desc=f"train {name}", unit="step",
-                dynamic_ncols=True, leave=False)
 
 
 # -- the run's state, its evaluations and checkpoints --------------------------------------
@@ -339,7 +302,7 @@ class _Run:
         for key, driver in drivers.items():
             if isinstance(driver, ReduceOnPlateau):
                 driver.step(value)
-                _apply(driver, opt, n, key)  # the optimizer shows the reduced value at once
+                hyperparams.write(opt, key, driver(n))  # the optimizer shows it at once
 
     def save(self, path: Path, task: Any, seed: int, module: nn.Module,
              opt: torch.optim.Optimizer, drivers: Mapping[str, Any],

@@ -13,6 +13,7 @@ from torch.func import functional_call, grad, stack_module_state, vmap
 import metaopt
 import metaopt.tasks as tasks
 from metaopt.tasks import Task
+from metaopt.tasks.task import take_step
 
 # torch.optim by name: metaopt's own optimizer core is tested on its own.
 OPTIMIZERS = {
@@ -263,7 +264,7 @@ def test_default_optimizer_reaches_target(name, seed):
 
 
 @pytest.mark.parametrize("name", ["digits_mlp", "gan_mixture"])
-def test_run_step_matches_the_explicit_loop(name):
+def test_take_step_matches_the_explicit_loop(name):
     task = tasks.get(name)
     reference = train(task, seed=0, steps=5)
     torch.manual_seed(0)
@@ -271,20 +272,20 @@ def test_run_step_matches_the_explicit_loop(name):
     optimizer = make_optimizer(task, module)
     batches = task.data(torch.Generator().manual_seed(0))
     for _ in range(5):
-        value = task.run_step(module, optimizer, next(batches))
+        value, _ = take_step(task, module, optimizer, next(batches))
         assert value.shape == () and not value.requires_grad
     for p, q in zip(reference.parameters(), module.parameters(), strict=True):
         assert torch.equal(p, q)
 
 
-def test_run_step_feeds_closure_optimizers():
+def test_take_step_feeds_closure_optimizers():
     task = tasks.get("rosenbrock")
     torch.manual_seed(0)
     module = task.model()
     optimizer = torch.optim.LBFGS(module.parameters(), line_search_fn="strong_wolfe")
     batches = task.data(torch.Generator())
     for _ in range(20):
-        task.run_step(module, optimizer, next(batches))
+        take_step(task, module, optimizer, next(batches))
     assert task.evaluate(module) < 1e-6
 
 

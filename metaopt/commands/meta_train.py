@@ -56,21 +56,11 @@ def build_config(exp: experiment.Experiment) -> Any:
     return config
 
 
-def resolve_task(exp: experiment.Experiment) -> Any:
-    from metaopt import tasks
-
-    try:
-        return tasks.get(exp.task)
-    except (ValueError, ImportError, AttributeError) as err:
-        raise ExperimentError(exp.file, "task", "a built-in task or package.module:attribute",
-                              f"{exp.task} ({err})") from None
-
-
 def run(args: argparse.Namespace) -> int:
     started = time.time()
     exp = experiment.load(args.experiment)
     config = build_config(exp)
-    task = resolve_task(exp)
+    task = exp.load_task()
 
     from learned.meta_train import STATE_FILE, meta_train
 

@@ -22,15 +22,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None)
 
 
-def resolve_task(exp: experiment.Experiment) -> tasks.Task:
-    """The experiment's task, or an ExperimentError naming the ``task`` key."""
-    try:
-        return tasks.get(exp.task)
-    except (ValueError, ImportError, AttributeError) as err:
-        raise ExperimentError(exp.file, "task", "a built-in task or package.module:attribute",
-                              f"{exp.task} ({err})") from None
-
-
 def check_optimizer(file: str, key: str, name: str, hparams: dict[str, Any]) -> None:
     """Build the optimizer on a dummy parameter so bad names and values fail before any
     work is done, with the file and key in the message."""
@@ -70,7 +61,7 @@ def run(args: argparse.Namespace) -> int:
     started = time.time()
     exp = experiment.load(args.experiment)
     section = exp.section("train")
-    task = resolve_task(exp)
+    task = exp.load_task()
     check_optimizer(exp.file, "train.optimizer", section["optimizer"], section["hparams"])
     check_schedule(exp.file, "train.schedule", section["schedule"])
 

@@ -19,7 +19,7 @@ from metaopt.optim.muon import Muon
 from metaopt.optim.nadam import NAdam
 from metaopt.optim.optimizer import MetaOptimizer
 from metaopt.optim.radam import RAdam
-from metaopt.optim.registry import create, hyperparameters, lookup, names, register
+from metaopt.optim.registry import create, factory, hyperparameters, lookup, names, register
 from metaopt.optim.rmsprop import RMSprop
 from metaopt.optim.sgd import SGD
 
@@ -32,8 +32,8 @@ register("lookahead", create_lookahead)
 
 __all__ = [
     "SGD", "Adagrad", "RMSprop", "Adam", "AdamW", "Adamax", "NAdam", "RAdam", "Adadelta",
-    "Adafactor", "Muon", "Composite", "MetaOptimizer", "create", "hyperparameters", "lookup",
-    "names", "register",
+    "Adafactor", "Muon", "Composite", "MetaOptimizer", "create", "factory", "hyperparameters",
+    "lookup", "names", "register",
     "muon_groups", "weight_decay_groups",
     "AdaBound", "LAMB", "Lion", "Lookahead",
 ]

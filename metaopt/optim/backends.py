@@ -127,20 +127,13 @@ def run_flat(algorithm: Any, runner: Runner, bucket: Any, grad, hp,
     bucket: the coefficients eagerly (a few 0-d or ``[P]`` ops, computed once even when a
     compilation fails), the elementwise update as ``runner`` says. Eagerly, an algorithm's
     ``fused_rows`` (torch's own fused kernel) goes first where it applies."""
-    fused = getattr(algorithm, "fused_rows", None)
-    prepared: list[tuple] = []
-
-    def args() -> tuple:
-        if not prepared:
-            prepared.append(_prepare(algorithm, bucket, grad, hp, opts))
-        return prepared[0]
-
-    def eager() -> None:
-        if not prepared and fused is not None and fused(bucket, grad, hp, opts):
-            return
-        _update(algorithm, _eager, *args())
-
-    runner.run(eager, lambda: _update(algorithm, compiled, *args()), bucket.param.numel())
+    fused, numel = getattr(algorithm, "fused_rows", None), bucket.param.numel()
+    if runner.mode == "eager" and fused is not None and runner.run(
+            lambda: fused(bucket, grad, hp, opts), None, numel):
+        return
+    args = _prepare(algorithm, bucket, grad, hp, opts)
+    runner.run(lambda: _update(algorithm, _eager, *args),
+               lambda: _update(algorithm, compiled, *args), numel)
 
 
 def is_compile_error(err: Exception) -> bool:

@@ -153,17 +153,19 @@ class HyperGroup(dict):
                     f"a leading member dimension of size {P} (stack the members' parameters)"
                 )
 
+    def _pairs(self, key: str, value: Any) -> list[tuple[str, Any]]:
+        """``(flat name, value)`` for each element the key holds."""
+        h = self.spec[key]
+        if not h.parts:
+            return [(key, value)]
+        if not isinstance(value, (tuple, list)) or len(value) != len(h.parts):
+            raise ValueError(f"{self.owner}: {key} must be a tuple of {len(h.parts)} values "
+                             f"({', '.join(h.parts)}), got {value!r}")
+        return list(zip(h.parts, value))
+
     def _make(self, key: str, value: Any) -> Any:
         h = self.spec[key]
-        where = self.owner
-        if h.parts:
-            if not isinstance(value, (tuple, list)) or len(value) != len(h.parts):
-                raise ValueError(f"{where}: {key} must be a tuple of {len(h.parts)} values "
-                                 f"({', '.join(h.parts)}), got {value!r}")
-            pairs = list(zip(h.parts, value))
-        else:
-            pairs = [(key, value)]
-        for name, v in pairs:
+        for name, v in self._pairs(key, value):
             self.hparams[name] = self._make_one(h, name, v)
         values = tuple(self.hparams[n] for n in h.names)
         return values if h.parts else values[0]
@@ -178,15 +180,8 @@ class HyperGroup(dict):
     # -- in-place writes ----------------------------------------------------------------
     def _write(self, key: str, value: Any) -> None:
         h = self.spec[key]
-        if h.parts:
-            if not isinstance(value, (tuple, list)) or len(value) != len(h.parts):
-                raise ValueError(f"{self.owner}: {key} must be a tuple of {len(h.parts)} "
-                                 f"values ({', '.join(h.parts)}), got {value!r}")
-            pairs = list(zip(h.parts, value))
-        else:
-            pairs = [(key, value)]
         new = {}
-        for name, v in pairs:  # validate everything before writing anything
+        for name, v in self._pairs(key, value):  # validate everything before writing anything
             current = self.hparams[name]
             if isinstance(v, Tensor) and v is current:
                 continue
@@ -281,39 +276,33 @@ def _rebuild_group(plain: dict, spec: tuple[Hyper, ...], owner: str) -> HyperGro
 
 # -- flat names: the one address of every hyperparameter -----------------------------------
 # Element names of tuple-valued keys in plain torch.optim groups (metaopt groups know theirs).
-TORCH_PARTS = {"betas": ("beta1", "beta2"), "eps": ("eps1", "eps2"),
-               "etas": ("etaminus", "etaplus"), "step_sizes": ("step_size_min", "step_size_max")}
+TORCH_PARTS = {"betas": ("beta1", "beta2"), "eps": ("eps1", "eps2")}
 # Hyperparameters searched on a log scale unless their Hyper says otherwise.
 LOG_SCALE = frozenset({"lr", "eps", "eps1", "eps2", "weight_decay", "final_lr", "gamma",
                        "lr_decay", "initial_accumulator_value"})
-_NOT_HPARAMS = ("params", "param_names")
+Address = tuple[str, int | None]  # (param-group key, element index or None)
 
 
-def _is_number(value: Any) -> bool:
-    if isinstance(value, bool):
-        return False
-    if isinstance(value, Tensor):
-        return value.is_floating_point()
-    return isinstance(value, (int, float))
+def _is_number(v: Any) -> bool:
+    return v.is_floating_point() if isinstance(v, Tensor) else (
+        isinstance(v, (int, float)) and not isinstance(v, bool))
 
 
-def flat_names(group: Mapping[str, Any]) -> dict[str, tuple[str, int | None]]:
+def flat_names(group: Mapping[str, Any]) -> dict[str, Address]:
     """``{flat name: (param-group key, element index or None)}`` for one group."""
     spec = getattr(group, "spec", None)
-    out: dict[str, tuple[str, int | None]] = {}
+    out: dict[str, Address] = {}
     for key, value in group.items():
-        if key in _NOT_HPARAMS:
-            continue
-        if spec is not None and key in spec:
-            h = spec[key]
-            out.update({n: (key, j if h.parts else None) for j, n in enumerate(h.names)})
-        elif spec is None and isinstance(value, (tuple, list)) and value and all(
+        if spec is not None:
+            if key in spec:
+                h = spec[key]
+                out.update({n: (key, j if h.parts else None) for j, n in enumerate(h.names)})
+        elif isinstance(value, (tuple, list)) and value and all(
                 v is None or _is_number(v) for v in value):
             names = TORCH_PARTS.get(key, ())
-            if len(names) != len(value):
-                names = tuple(f"{key}{j}" for j in range(len(value)))
+            names = names if len(names) == len(value) else [f"{key}{j}" for j in range(len(value))]
             out.update({n: (key, j) for j, n in enumerate(names)})
-        elif spec is None and _is_number(value):
+        elif key not in ("params", "param_names") and _is_number(value):
             out[key] = (key, None)
     return out
 
@@ -323,7 +312,7 @@ def _groups(target: Any) -> list[Mapping[str, Any]]:
     return [target] if groups is None else groups
 
 
-def _locate(group: Mapping[str, Any], name: str, where: str) -> tuple[str, int | None]:
+def _locate(group: Mapping[str, Any], name: str, where: str) -> Address:
     names = flat_names(group)
     if name not in names:
         raise KeyError(f"{where}: no hyperparameter {name!r}; this optimizer has "
@@ -331,12 +320,16 @@ def _locate(group: Mapping[str, Any], name: str, where: str) -> tuple[str, int |
     return names[name]
 
 
+def _get(group: Mapping[str, Any], address: Address) -> Any:
+    key, j = address
+    return group[key] if j is None else group[key][j]
+
+
 def read(target: Any, name: str, *, group: int = 0, member: int | None = None) -> Any:
     """Hyperparameter ``name`` (flat) of ``target`` (an optimizer or one param group): the
     stored tensor (or float, for plain torch groups), or member ``member``'s value."""
     g = _groups(target)[group]
-    key, j = _locate(g, name, type(target).__name__)
-    value = g[key] if j is None else g[key][j]
+    value = _get(g, _locate(g, name, type(target).__name__))
     return value if member is None else value[member]
 
 
@@ -345,28 +338,30 @@ def write(target: Any, name: str, value: Any, *, group: int | None = None,
     """Set hyperparameter ``name`` (flat) in every group of ``target`` (or group ``group``);
     with ``member``, only that member's entry of a ``[P]`` value. Tensor hyperparameters are
     written in place and validated (a bad value raises ValueError and changes nothing)."""
+    where = type(target).__name__
     groups = _groups(target)
     for g in groups if group is None else [groups[group]]:
-        key, j = _locate(g, name, type(target).__name__)
-        current = g[key] if j is None else g[key][j]
-        new = value
+        key, j = _locate(g, name, where)
+        current, new = _get(g, (key, j)), value
         if member is not None:
             if not isinstance(current, Tensor) or current.dim() != 1:
-                raise ValueError(f"{type(target).__name__}: {name} has no members (the group "
-                                 f"has no population); write it without member=")
+                raise ValueError(f"{where}: {name} is unset (None) for every member; set it for "
+                                 f"all members before changing one" if current is None else
+                                 f"{where}: {name} has no members (the group has no "
+                                 f"population); write it without member=")
             new = current.detach().clone()
             new[member] = torch.as_tensor(value, dtype=new.dtype)
-        elif not isinstance(current, Tensor) and isinstance(new, Tensor):
+        elif isinstance(new, Tensor) and not isinstance(current, Tensor):
             if new.dim() != 0:
-                raise ValueError(f"{type(target).__name__}: a per-member [P] value for {name} "
-                                 f"needs tensor hyperparameters, got a float entry")
+                raise ValueError(f"{where}: a per-member [P] value for {name} needs tensor "
+                                 f"hyperparameters, got a float entry")
             new = float(new)
-        if j is None:
-            g[key] = new
+        if isinstance(current, Tensor) and not hasattr(g, "spec"):  # a plain group's tensor
+            with torch.no_grad():
+                current.copy_(torch.as_tensor(new, dtype=current.dtype))
         else:
-            parts = list(g[key])
-            parts[j] = new
-            g[key] = tuple(parts)
+            g[key] = new if j is None else tuple(new if i == j else v
+                                                 for i, v in enumerate(g[key]))
 
 
 def flatten(target: Any, hparams: Mapping[str, Any], *, group: int = 0) -> dict[str, Any]:
@@ -390,11 +385,10 @@ def values(target: Any) -> dict[str, float]:
     ``name/i``. ``[P]`` values and optional ones left unset (``None``) are left out."""
     out: dict[str, float] = {}
     for i, g in enumerate(_groups(target)):
-        for name, (key, j) in flat_names(g).items():
-            value = g[key] if j is None else g[key][j]
-            if isinstance(value, Tensor) and value.numel() != 1 or value is None:
-                continue
-            out[name if i == 0 else f"{name}/{i}"] = float(value)
+        for name, address in flat_names(g).items():
+            value = _get(g, address)
+            if value is not None and not (isinstance(value, Tensor) and value.numel() != 1):
+                out[name if i == 0 else f"{name}/{i}"] = float(value)
     return out
 
 
@@ -404,20 +398,16 @@ def fold(cls: Any, hparams: Mapping[str, Any]) -> dict[str, Any]:
     beta2 is 0.99, not Adam's 0.999). Classes without ``hypers`` get ``hparams`` unchanged."""
     out = dict(hparams)
     for h in getattr(cls, "hypers", ()):
-        if not h.parts or not any(n in out for n in h.parts):
-            continue
-        base = out.pop(h.key, None)
-        if base is None:
-            base = inspect.signature(cls).parameters[h.key].default
-        out[h.key] = tuple(out.pop(n, b) for n, b in zip(h.parts, base))
+        if h.parts and any(n in out for n in h.parts):
+            base = out.pop(h.key, None) or inspect.signature(cls).parameters[h.key].default
+            out[h.key] = tuple(out.pop(n, b) for n, b in zip(h.parts, base))
     return out
 
 
 @dataclass(frozen=True)
 class HyperInfo:
-    """What a search needs to know of one hyperparameter: its flat ``name``, the param-group
-    ``key`` holding it, the class's ``default`` (None: optional and unset), the allowed range
-    and whether it is usually searched on a log scale."""
+    """One hyperparameter as a search sees it: flat ``name``, the param-group ``key`` holding
+    it, the class's ``default`` (None: optional, unset), its range, and a log-scale hint."""
 
     name: str
     key: str
@@ -430,20 +420,18 @@ class HyperInfo:
 
     def contains(self, value: float) -> bool:
         low_ok = value > self.low if self.low_open else value >= self.low
-        high_ok = value < self.high if self.high_open else value <= self.high
-        return low_ok and high_ok
+        return low_ok and (value < self.high if self.high_open else value <= self.high)
 
     def bounds_text(self) -> str:
         return Hyper(self.key, self.low, self.high, self.low_open, self.high_open).bounds_text()
 
 
 def describe(group: HyperGroup) -> dict[str, HyperInfo]:
-    """Every hyperparameter of a metaopt param group, by flat name, with its current value as
-    the default (call it on a freshly built optimizer)."""
+    """Every hyperparameter of a metaopt param group by flat name, its current value as the
+    default (call it on a freshly built optimizer)."""
     out = {}
     for name, (key, j) in flat_names(group).items():
-        h = group.spec[key]
-        value = group[key] if j is None else group[key][j]
+        h, value = group.spec[key], _get(group, (key, j))
         default = None if value is None else float(value.reshape(-1)[0])
         log = h.log if h.log is not None else name in LOG_SCALE
         out[name] = HyperInfo(name, key, default, h.low, h.high, h.low_open, h.high_open, log)

@@ -25,10 +25,6 @@ def per_member(value: Tensor, like: Tensor) -> Tensor:
     return value.view(value.shape[0], *([1] * (like.dim() - 1)))
 
 
-def is_population(value: Tensor) -> bool:
-    return value.dim() > 0
-
-
 def member_ndim(x: Tensor, population: bool) -> int:
     """Number of dimensions of one member of ``x``."""
     return x.dim() - 1 if population else x.dim()

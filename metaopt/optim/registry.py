@@ -1,13 +1,7 @@
-"""Look optimizers up by lower-case name, as experiment YAML files name them.
-
-Optimizers defined outside :mod:`metaopt.optim` (the learned LSTM, a user's own) join through
-the ``metaopt.optimizers`` entry-point group of their package's metadata::
-
-    [project.entry-points."metaopt.optimizers"]
-    lstm = "learned.optimizer:LSTMOptimizer"
-
-They are imported on the first look-up that needs them, so the core imports nothing above it.
-"""
+"""Look optimizers up by lower-case name, as experiment YAML files name them. Optimizers from
+other packages (the learned LSTM, a user's own) join through the ``metaopt.optimizers``
+entry-point group (``lstm = "learned.optimizer:LSTMOptimizer"`` in pyproject.toml) and are
+imported on the first look-up that needs them: the core imports nothing above it."""
 
 from __future__ import annotations
 
@@ -24,8 +18,6 @@ from metaopt.optim.hyperparams import HyperInfo, describe, fold
 ENTRY_POINTS = "metaopt.optimizers"
 Factory = Callable[..., torch.optim.Optimizer]
 _REGISTRY: dict[str, Factory] = {}
-_PLUGINS: dict[str, Any] = {}  # name -> entry point not loaded yet
-_SCANNED: list[bool] = []  # non-empty once the entry points were read
 
 
 def register(name: str, cls: Factory) -> Factory:
@@ -35,41 +27,24 @@ def register(name: str, cls: Factory) -> Factory:
     return cls
 
 
-def _discover() -> None:
-    """Note the entry points of installed plugins (once; :func:`rescan` looks again)."""
-    if _SCANNED:
-        return
-    _SCANNED.append(True)
-    for ep in entry_points(group=ENTRY_POINTS):
-        if ep.name.lower() not in _REGISTRY:
-            _PLUGINS[ep.name.lower()] = ep
-
-
-def rescan() -> None:
-    """Look for plugins again (after installing one in a running process)."""
-    _PLUGINS.clear()
-    _SCANNED.clear()
-    _discover()
-
-
-def _known() -> list[str]:
-    return sorted({*_REGISTRY, *_PLUGINS})
+def _plugins() -> dict[str, Any]:
+    """Installed plugins' entry points by lower-case name (read afresh: cheap, and a plugin
+    installed while the process runs is found)."""
+    return {ep.name.lower(): ep for ep in entry_points(group=ENTRY_POINTS)}
 
 
 def names() -> list[str]:
     """Registered optimizer names (plugins included), sorted."""
-    _discover()
-    return _known()
+    return sorted({*_REGISTRY, *_plugins()})
 
 
 def lookup(name: str) -> Factory:
     """The optimizer class registered as ``name`` (case-insensitive); ValueError otherwise."""
-    _discover()
     key = str(name).lower()
-    if key not in _REGISTRY and key in _PLUGINS:
-        register(key, _PLUGINS.pop(key).load())
+    if key not in _REGISTRY and key in (plugins := _plugins()):
+        register(key, plugins[key].load())
     if key not in _REGISTRY:
-        known = _known()
+        known = names()
         close = difflib.get_close_matches(key, known, n=1)
         hint = f" (did you mean {close[0]!r}?)" if close else ""
         raise ValueError(f"unknown optimizer {name!r}{hint}; expected one of {', '.join(known)}")
@@ -90,14 +65,20 @@ def create(name: str, params: Iterable, **hparams: Any) -> torch.optim.Optimizer
         raise ValueError(f"optimizer {name!r}: {err}") from None
 
 
-def hyperparameters(name: str, **options: Any) -> dict[str, HyperInfo]:
-    """The tensor hyperparameters of optimizer ``name`` by flat name, each with the class's
-    default, its allowed range and a log-scale hint: what search spaces are checked against.
-    ``options`` are constructor options that change the set (Lookahead's ``base``)."""
-    return dict(_hyperparameters(name.lower(), tuple(sorted(options.items()))))
+def factory(optimizer: str | Factory) -> Factory:
+    """A registry name or a factory ``(params, **hparams) -> optimizer``, as a factory (an
+    unknown name fails here, before any work)."""
+    if callable(optimizer):
+        return optimizer
+    lookup(optimizer)
+    return functools.partial(create, optimizer)
 
 
 @functools.cache
-def _hyperparameters(name: str, options: tuple) -> dict[str, HyperInfo]:
+def hyperparameters(name: str, **options: Any) -> dict[str, HyperInfo]:
+    """The tensor hyperparameters of optimizer ``name`` by flat name, each with the class's
+    default, its allowed range and a log-scale hint: what search spaces are checked against
+    (cached: don't modify the dict). ``options`` are constructor options that change the set
+    (Lookahead's ``base``)."""
     probe = torch.zeros(2, 2, requires_grad=True)
-    return describe(create(name, [probe], **dict(options)).param_groups[0])
+    return describe(create(name, [probe], **options).param_groups[0])

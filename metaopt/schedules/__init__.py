@@ -31,6 +31,7 @@ Layout: ``families.py`` the closed forms, ``registry.py`` names, validation and
 
 from metaopt.schedules.hyperparams import apply
 from metaopt.schedules.plateau import ReduceOnPlateau
-from metaopt.schedules.registry import Schedule, Step, create, names, with_base
+from metaopt.schedules.registry import Schedule, Step, create, drivers, names, with_base
 
-__all__ = ["ReduceOnPlateau", "Schedule", "Step", "apply", "create", "names", "with_base"]
+__all__ = ["ReduceOnPlateau", "Schedule", "Step", "apply", "create", "drivers", "names",
+           "with_base"]

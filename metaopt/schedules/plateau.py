@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -45,6 +46,10 @@ class ReduceOnPlateau:
     @property
     def value(self) -> Tensor | float:
         return self.lr.clone() if self._tensor else float(self.lr)
+
+    def __call__(self, k: Any = None) -> Tensor | float:
+        """The current value, whatever the step: so every schedule is driven as ``s(k)``."""
+        return self.value
 
     def _is_better(self, current: Tensor) -> Tensor:
         t = self._hp["threshold"]

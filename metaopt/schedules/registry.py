@@ -99,6 +99,30 @@ def with_base(spec: Mapping[str, Any], base: Any) -> dict[str, Any]:
     return spec
 
 
+def drivers(schedule: Any, start: Callable[[str], Any]) -> dict[str, Any]:
+    """``{hyperparameter: Schedule | ReduceOnPlateau}`` from what a user gave a trainer: a spec
+    dict, a name, a Schedule or a ReduceOnPlateau driving ``lr``, or ``{flat name: one of
+    those}``. ``start(key)`` is the hyperparameter's value in the optimizer (a float, or the
+    members' ``[P]`` values): a spec without ``base_lr`` starts from it, as torch's do."""
+    from metaopt.schedules.plateau import ReduceOnPlateau
+
+    if schedule is None:
+        return {}
+    single = isinstance(schedule, (str, Schedule, ReduceOnPlateau)) or (
+        isinstance(schedule, Mapping) and "name" in schedule)
+    out = {}
+    for key, spec in ({"lr": schedule} if single else dict(schedule)).items():
+        base = start(key)  # an unknown hyperparameter fails here, before any work
+        spec = {"name": spec} if isinstance(spec, str) else spec
+        if isinstance(spec, Mapping):
+            spec = create(with_base(spec, base))
+        if not isinstance(spec, (Schedule, ReduceOnPlateau)):
+            raise TypeError(f"schedule for {key!r} must be a spec dict, a Schedule or a "
+                            f"ReduceOnPlateau, got {spec!r}")
+        out[key] = spec
+    return out
+
+
 class Schedule:
     """A schedule ``s(k)``: the value after ``k`` scheduler steps. Build with :func:`create`.
 

@@ -94,23 +94,14 @@ class Task:
                 f"got {self.default_optimizer!r}"
             )
 
-    def run_step(self, module: nn.Module, optimizer: torch.optim.Optimizer, batch: Batch) -> Tensor:
-        """One training step on ``batch``; returns the detached training loss (see
-        :func:`take_step`)."""
-        return take_step(self, module, optimizer, batch)[0]
-
 
 def take_step(task: Task, module: nn.Module, optimizer: torch.optim.Optimizer,
               batch: Batch) -> tuple[Tensor, int]:
-    """One training step on ``batch``: the one step every trainer takes (``metaopt.train``,
-    the population's loop engine, the demo).
-
-    Calls the task's ``train_step`` when it has one; otherwise steps ``optimizer`` with a
-    closure (zero_grad, loss, backward), which every ``torch.optim`` optimizer accepts and which
-    closure-hungry ones (L-BFGS, line searches) need. Returns the detached loss at the weights
-    before the step (the closure's first evaluation) and the gradient evaluations it spent
-    (closure calls; ``grad_evals_per_step`` for an own ``train_step``).
-    """
+    """One training step on ``batch``, the one every trainer takes: the task's ``train_step``,
+    or ``optimizer.step`` with a closure (zero_grad, loss, backward: every torch optimizer
+    accepts one, L-BFGS and line searches need one). Returns the detached loss at the weights
+    before the step and the gradient evaluations spent (closure calls, or the task's
+    ``grad_evals_per_step``)."""
     if task.train_step is not None:
         return task.train_step(module, optimizer, batch).detach(), task.grad_evals_per_step
     losses: list[Tensor] = []
