@@ -219,21 +219,27 @@ def _validate(file: str, where: str, given: Mapping[str, Any], schema: Mapping[s
     return out
 
 
-def load(path: str | Path) -> Experiment:
-    """Read and validate an experiment file (``yaml.safe_load``)."""
-    file = str(path)
+def read_yaml(path: str | Path) -> Any:
+    """A YAML file's contents (``yaml.safe_load``), or an ExperimentError naming the file and
+    the line where it is unreadable or malformed."""
     try:
         text = Path(path).read_text()
     except OSError as err:
-        raise ExperimentError(file, "(file)", "a readable YAML file",
+        raise ExperimentError(path, "(file)", "a readable YAML file",
                               err.strerror or str(err)) from None
     try:
-        raw = yaml.safe_load(text)
+        return yaml.safe_load(text)
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         where = f"line {mark.line + 1}" if mark is not None else "(syntax)"
-        raise ExperimentError(file, where, "valid YAML",
+        raise ExperimentError(path, where, "valid YAML",
                               str(getattr(err, "problem", err))) from None
+
+
+def load(path: str | Path) -> Experiment:
+    """Read and validate an experiment file."""
+    file = str(path)
+    raw = read_yaml(path)
     if not isinstance(raw, Mapping):
         raise ExperimentError(file, "(top level)", "a mapping of keys", raw)
     raw = as_number(dict(raw))

@@ -14,9 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import yaml
-
-from metaopt.experiment import ExperimentError, as_number
+from metaopt.experiment import ExperimentError, as_number, read_yaml
 
 ROOT = Path(__file__).resolve().parents[2]  # the repository root, holding search_spaces/
 RANGE_KEYS = ("low", "high", "log", "step", "int")
@@ -181,18 +179,7 @@ def find(spec: str, folder: str, file: str, key: str) -> Path:
 
 def read(path: Path) -> dict[str, Any]:
     """A space file's top-level mapping (an empty file is an empty space), numbers parsed."""
-    try:
-        text = path.read_text()
-    except OSError as err:
-        raise ExperimentError(path, "(file)", "a readable YAML file",
-                              err.strerror or str(err)) from None
-    try:
-        raw = yaml.safe_load(text)
-    except yaml.YAMLError as err:
-        mark = getattr(err, "problem_mark", None)
-        where = f"line {mark.line + 1}" if mark is not None else "(syntax)"
-        raise ExperimentError(path, where, "valid YAML",
-                              str(getattr(err, "problem", err))) from None
+    raw = read_yaml(path)
     if raw is None:
         return {}
     if not isinstance(raw, Mapping):
