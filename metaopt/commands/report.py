@@ -1,4 +1,8 @@
-"""``metaopt report RUN_DIR``: (re)render a run's figures and report.md."""
+"""``metaopt report RUN_DIR``: (re)render a run's figures and report.md.
+
+A tune run (``summary.json`` with ``command: tune``) is rendered from its Optuna study by
+:func:`metaopt.search.report.write_report`; every other run by :func:`metaopt.report.render`.
+"""
 
 from __future__ import annotations
 
@@ -13,10 +17,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from metaopt import runs
     from metaopt.report import render
 
     if not (Path(args.run_dir) / "summary.json").exists():
         raise ExperimentError(args.run_dir, "summary.json", "a run directory written by a "
                               "metaopt command")
+    if runs.read_summary(args.run_dir).get("command") == "tune":
+        from metaopt.search.report import write_report
+
+        print(f"wrote {write_report(Path(args.run_dir))}")
+        return 0
     print(f"wrote {render(args.run_dir)}")
     return 0
