@@ -17,7 +17,7 @@ demo: $(STAMP)
 	$(BIN)/metaopt demo
 
 test: $(STAMP)
-	$(BIN)/python -m pytest tests
+	$(BIN)/python -m pytest tests --durations=20
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

@@ -4,13 +4,15 @@
   for one model or a population of stacked models;
 - :mod:`metaopt.schedules`: schedules as pure functions of the step;
 - :mod:`metaopt.tasks`: the Task protocol and built-in tasks;
-- :func:`train` one model, :func:`train_population` many at once.
+- :func:`train` one model, :func:`train_population` many at once;
+- :func:`search` (:mod:`metaopt.search`): Optuna studies over optimizers, hyperparameters and
+  schedules, trials trained together as populations.
 """
 
-from metaopt import optim, schedules, tasks
+from metaopt import optim, schedules, search, tasks
 from metaopt.population import Population, PopulationResult, train_population
 from metaopt.train import TrainResult, train
 
-__all__ = ["optim", "schedules", "tasks", "train", "TrainResult", "train_population",
+__all__ = ["optim", "schedules", "search", "tasks", "train", "TrainResult", "train_population",
            "Population", "PopulationResult"]
 __version__ = "0.1.0"

@@ -121,12 +121,13 @@ SECTIONS: dict[str, dict[str, Key]] = {
     },
     "search": {
         "optimizer": Key(NAMES, required=True),
-        "space": Key(SPACE, required=True),
+        "space": Key(SPACE),  # default: each optimizer's search_spaces/<name>.yaml
         "schedule": Key(SPACE),
         "sampler": Key(one_of("tpe", "cmaes", "gp", "random", "auto"), "tpe"),
         "pruner": Key(one_of("hyperband", "median", "none"), "hyperband"),
         "trials": Key(POS_INT, 64),
         "population": Key(POS_INT, 16),
+        "eval_every": Key(POS_INT),  # default: steps // 10
     },
     "pbt": {
         "optimizer": Key(STRING, "adamw"),

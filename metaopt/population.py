@@ -174,6 +174,11 @@ class Population:
         restored to finite values (its initial ones), so it can't disturb anything."""
         m = self.members[i]
         m.status, m.reason, m.diverged_at, m.value = "diverged", reason, at, math.nan
+        self.retire(i)
+
+    def retire(self, i: int) -> None:
+        """Stop training member ``i`` (a finished trial whose slot has no successor): its
+        learning rate is held at zero until :meth:`reinit` gives the slot a new run."""
         self.active[i] = False
         if isinstance(self.engine, LoopEngine):
             self.engine.active[i] = False

@@ -94,8 +94,9 @@ class StackedEngine:
                          {f"inner.{k}": v for k, v in buffers.items()})
         self._loss_module = loss_module
         self._vmapped = vmap(lambda p, b, batch: functional_call(loss_module, (p, b), (batch,)))
-        self.optimizer = make_optimizer(list(params.values()), population=self.P,
-                                        **stacked_hparams(hparams))
+        stacked = stacked_hparams(hparams)
+        self.options = {k: v for k, v in stacked.items() if _is_option(v)}
+        self.optimizer = make_optimizer(list(params.values()), population=self.P, **stacked)
         self.iters = [member_data(task, s) for s in seeds]
         self.forward = "vmap" if forward == "auto" else forward
         self._tune = forward == "auto" and numel >= self.TRIAL_MIN_NUMEL
@@ -246,12 +247,26 @@ class LoopEngine:
         hyperparams.write(self.optimizers[i], name, value)
 
 
+def _is_option(value: Any) -> bool:
+    """Non-numeric constructor options (``nesterov``, Lookahead's ``base``) are shared by a
+    stacked population; numbers and tuples of numbers are per-member hyperparameters."""
+    return isinstance(value, (bool, str)) or value is None
+
+
 def set_member_hparams(engine: StackedEngine | LoopEngine, i: int,
                        hparams: Mapping[str, Any]) -> None:
     """Give member ``i`` new hyperparameter values (flat names or constructor keywords such
-    as ``betas``), validated like any write."""
+    as ``betas``), validated like any write. Options (``nesterov``, ...) must keep the values
+    the member was built with."""
+    built = engine.options if isinstance(engine, StackedEngine) else engine.hparams[i]
+    changed = {k: v for k, v in hparams.items() if _is_option(v) and built.get(k) != v}
+    if changed:
+        was = {k: built.get(k) for k in changed}
+        raise ValueError(f"member {i}: options {changed} differ from the ones it was built "
+                         f"with ({was}); options can't change per member")
+    numeric = {k: v for k, v in hparams.items() if not _is_option(v)}
     optimizer = engine.optimizer if isinstance(engine, StackedEngine) else engine.optimizers[i]
-    for name, value in hyperparams.flatten(optimizer, hparams).items():
+    for name, value in hyperparams.flatten(optimizer, numeric).items():
         engine.write_member(i, name, value)
     if isinstance(engine, LoopEngine):
         engine.hparams[i].update(hparams)

@@ -12,6 +12,9 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "report": ("metaopt.commands.report", "render a run directory's figures and report.md"),
     "meta-train": ("metaopt.commands.meta_train",
                    "meta-train a learned optimizer (the lstm) as an experiment file describes"),
+    "tune": ("metaopt.commands.tune", "search optimizers, hyperparameters and schedules with "
+             "Optuna, trials trained together as populations"),
+    "dashboard": ("metaopt.commands.dashboard", "serve a tune run's study in optuna-dashboard"),
 }
 
 

@@ -15,3 +15,19 @@ from metaopt.search.space import Config, Space, describe, load_space, suggest
 
 __all__ = ["Categorical", "Config", "Fixed", "FloatParam", "IntParam", "Param", "ScheduleSpace",
            "Space", "describe", "load_schedule_space", "load_space", "suggest"]
+
+# ``metaopt.search(task, ...)`` runs a search, while ``metaopt.search.load_space`` and the other
+# names stay reachable: the package module is callable (DESIGN.md's contract).
+import sys as _sys  # noqa: E402
+import types as _types  # noqa: E402
+
+from metaopt.search.tune import ResumeMismatch, search  # noqa: E402
+
+
+class _CallableModule(_types.ModuleType):
+    def __call__(self, *args, **kwargs):
+        return search(*args, **kwargs)
+
+
+_sys.modules[__name__].__class__ = _CallableModule
+__all__ += ["ResumeMismatch", "search"]
