@@ -132,3 +132,23 @@ def test_resuming_with_another_space_is_refused(tmp_path):
     with pytest.raises(ResumeMismatch, match="space"):
         search(_task(), "sgd", {"lr": {"low": 1e-4, "high": 1e-2}}, trials=3, population=2,
                storage=url, study_name="s", progress=False)
+
+
+def test_tasks_and_optimizers_that_cannot_stack_run_through_the_loop_engine():
+    task = _task()
+    task.vmap_ok = False
+    result = search(task, "adam", {"lr": {"low": 1e-3, "high": 1e-2}}, trials=3, population=3,
+                    progress=False)
+    assert any("loop" in note for note in result.notes)
+
+    class Solo(metaopt.optim.SGD):
+        supports_population = False
+
+    metaopt.optim.register("solo-sgd", Solo)
+    try:
+        result = search(_task(), "solo-sgd", {"lr": {"low": 1e-3, "high": 1e-2}}, trials=3,
+                        population=3, progress=False)
+        assert any("loop" in note for note in result.notes)
+        assert len(_finished(result.study)) == 3
+    finally:
+        metaopt.optim.registry._REGISTRY.pop("solo-sgd")
