@@ -55,8 +55,9 @@ def test_a_population_trial_equals_the_configuration_trained_alone():
     done = [t for t in result.study.trials if t.state == TrialState.COMPLETE]
     assert len(done) == 6 and result.best.value == min(t.value for t in done)
     for t in done[:3]:
-        alone = metaopt.train(task, t.user_attrs["optimizer"], t.user_attrs["hparams"],
-                              schedule=t.user_attrs["schedule"], steps=24, seed=3)
+        config = t.user_attrs["config"]
+        alone = metaopt.train(task, config["optimizer"], config["hparams"],
+                              schedule=config["schedule"], steps=24, seed=3)
         assert alone.value == pytest.approx(t.value, rel=1e-9, abs=1e-12)
     assert result.evaluations == 6 * 24
 
@@ -74,15 +75,15 @@ def test_continuous_batching_refills_a_pruned_slot_at_once():
     assert len(_finished(study)) == 10 == len(study.trials)
     by_slot = defaultdict(list)
     for t in study.trials:
-        slot, entered = t.user_attrs["slot"]
-        by_slot[slot].append((entered, t.user_attrs["left_at"], t.state))
+        run = t.user_attrs["run"]
+        by_slot[run["slot"]].append((run["entered"], run["left"], t.state))
     assert len(by_slot) == 3
     for runs in by_slot.values():
         runs.sort()
         for (_, left, _), (entered, _, _) in zip(runs, runs[1:]):
             assert entered == left  # the next trial took the slot at the very next step
     pruned = [t for t in study.trials if t.state == TrialState.PRUNED]
-    assert pruned and all(t.user_attrs["left_at"] == 5 or t.last_step == 5 for t in pruned)
+    assert pruned and all(t.last_step == 5 for t in pruned)
 
 
 def test_diverged_trials_fail_with_their_reason_and_the_study_goes_on():
@@ -97,7 +98,7 @@ def test_diverged_trials_fail_with_their_reason_and_the_study_goes_on():
 def test_optimizers_of_different_structure_train_in_their_own_populations():
     result = search(_task(), ["adam", "sgd"], trials=8, population=4, sampler="random",
                     pruner="none", progress=False)
-    names = Counter(t.user_attrs["optimizer"] for t in result.study.trials)
+    names = Counter(t.user_attrs["config"]["optimizer"] for t in result.study.trials)
     assert sum(names.values()) == 8 and set(names) == {"adam", "sgd"}
     assert len(result.notes) >= 2
 
@@ -108,10 +109,10 @@ def test_duplicate_suggestions_in_a_batch_are_not_trained_twice():
                     pruner="none", progress=False)
     done = [t for t in result.study.trials if t.state == TrialState.COMPLETE]
     assert len(done) == 6
-    twins = [t for t in done if "duplicate_of" in t.user_attrs]
+    twins = [t for t in done if "duplicate_of" in t.user_attrs["run"]]
     assert twins and result.evaluations < 6 * 20
     for t in twins:
-        assert t.value == result.study.trials[t.user_attrs["duplicate_of"]].value
+        assert t.value == result.study.trials[t.user_attrs["run"]["duplicate_of"]].value
 
 
 @pytest.mark.parametrize("sampler", ["tpe", "cmaes", "gp", "auto"])

@@ -44,9 +44,8 @@ def make_run(run_dir: Path, spec: str | None = None, *, multi: bool = False,
         hparams = {"lr": trial.suggest_float(prefix + "lr", 1e-4, 1e-1, log=True)}
         second = "beta1" if opt == "adam" else "momentum"
         hparams[second] = trial.suggest_float(prefix + second, 0.0 if multi else 0.8, 0.99)
-        trial.set_user_attr("optimizer", opt)
-        trial.set_user_attr("hparams", hparams)
-        trial.set_user_attr("schedule", {"name": "cosine"} if i % 2 else None)
+        trial.set_user_attr("config", {"optimizer": opt, "hparams": hparams,
+                                       "schedule": {"name": "cosine"} if i % 2 else None})
         if i == 5:
             trial.report(1.0, 10)
             trial.set_user_attr("reason", "diverged: loss is nan at step 12")
@@ -62,8 +61,9 @@ def make_run(run_dir: Path, spec: str | None = None, *, multi: bool = False,
                 break
         study.tell(trial, value if state == TrialState.COMPLETE else None, state=state)
     best = study.best_trial
-    runs.write_summary(run_dir, command="tune", task="toy", optimizer=best.user_attrs["optimizer"],
-                       hparams=best.user_attrs["hparams"], schedule=best.user_attrs["schedule"],
+    config = best.user_attrs["config"]
+    runs.write_summary(run_dir, command="tune", task="toy", optimizer=config["optimizer"],
+                       hparams=config["hparams"], schedule=config["schedule"],
                        value=best.value, evaluations=1234, started=time.time(),
                        storage=storage_url(spec, run_dir), study="toy")
     return study

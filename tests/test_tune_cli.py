@@ -142,7 +142,7 @@ def test_two_workers_finish_one_study(tmp_path, storage):
 
     study = load_study(tmp_path / "run")
     assert len(finished(study)) == 24
-    workers = {t.user_attrs["worker"].split(":")[1] for t in study.trials}
+    workers = {t.user_attrs["config"]["worker"].split(":")[1] for t in study.trials}
     assert len(workers) == 2
 
 
@@ -154,5 +154,5 @@ def test_two_workers_share_a_study_on_postgresql(tmp_path, postgres_url):
     assert run.returncode == 0, run.stderr
     study = optuna.load_study(study_name="tiny-tune-pg", storage=postgres_url)
     assert len(finished(study)) == 24
-    assert len({t.user_attrs["worker"].split(":")[1] for t in study.trials}) == 2
+    assert len({t.user_attrs["config"]["worker"].split(":")[1] for t in study.trials}) == 2
     optuna.delete_study(study_name="tiny-tune-pg", storage=postgres_url)

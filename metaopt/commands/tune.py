@@ -113,7 +113,7 @@ def _wait_for(helpers: list[subprocess.Popen], study: Any, timeout: float = 60.0
 def _write_outputs(exp: experiment.Experiment, study: Any, directory: Path, steps: int,
                    started: float, **extra: Any) -> None:
     from metaopt.search.report import write_report
-    from metaopt.search.study import best_of
+    from metaopt.search.study import best_of, run_of
 
     best = best_of(study)
     counts = {s.name.lower(): 0 for s in (TrialState.COMPLETE, TrialState.PRUNED,
@@ -123,7 +123,7 @@ def _write_outputs(exp: experiment.Experiment, study: Any, directory: Path, step
         if t.state.name.lower() in counts and t.user_attrs.get("reason") not in ("lost",
                                                                                  "surplus"):
             counts[t.state.name.lower()] += 1
-        evaluations += int(t.user_attrs.get("evaluations", 0))
+        evaluations += int(run_of(t).get("evaluations", 0))
     if best is not None:
         train = {"optimizer": best.optimizer, "hparams": best.hparams}
         if best.schedule is not None:

@@ -25,6 +25,7 @@ from optuna.distributions import CategoricalDistribution
 from optuna.trial import FrozenTrial, TrialState
 
 from metaopt import runs
+from metaopt.search.study import config_of, run_of
 
 FIGURES = "figures"
 TOP = 10  # trials in the report's table
@@ -52,12 +53,16 @@ def _ranked(study: optuna.Study) -> list[FrozenTrial]:
 
 
 def _optimizer(t: FrozenTrial) -> str | None:
-    return t.user_attrs.get("optimizer") or t.params.get("optimizer")
+    return config_of(t).get("optimizer") or t.params.get("optimizer")
+
+
+def _schedule(t: FrozenTrial) -> Any:
+    return config_of(t).get("schedule")
 
 
 def _hparams(t: FrozenTrial) -> Mapping[str, Any]:
-    if isinstance(t.user_attrs.get("hparams"), Mapping):
-        return t.user_attrs["hparams"]
+    if isinstance(config_of(t).get("hparams"), Mapping):
+        return config_of(t)["hparams"]
     return {k: v for k, v in t.params.items()
             if k != "optimizer" and not k.startswith("schedule.")}
 
@@ -406,7 +411,7 @@ def write_report(run_dir: Path, study: optuna.Study | None = None) -> Path:
                   f"| validation loss | {_fmt(best.value)} |",
                   f"| optimizer | {_cell(_optimizer(best))} |",
                   f"| hyperparameters | {_cell(_hparams(best))} |",
-                  f"| schedule | {_cell(best.user_attrs.get('schedule'))} |",
+                  f"| schedule | {_cell(_schedule(best))} |",
                   f"| steps | {_cell(_last_step(best))} |"]
     if failures:
         lines += ["", "## Failed trials", "", *failures]
@@ -417,10 +422,10 @@ def write_report(run_dir: Path, study: optuna.Study | None = None) -> Path:
                   "| steps |", "|---:|---:|---:|---|---|---|---:|"]
         for rank, t in enumerate(ranked[:TOP], 1):
             number = str(t.number)
-            if "duplicate_of" in t.user_attrs:
-                number += f" (= {t.user_attrs['duplicate_of']})"
+            if "duplicate_of" in run_of(t):
+                number += f" (= {run_of(t)['duplicate_of']})"
             lines.append(f"| {rank} | {number} | {_fmt(t.value)} | {_cell(_optimizer(t))} | "
-                         f"{_cell(_hparams(t))} | {_cell(t.user_attrs.get('schedule'))} | "
+                         f"{_cell(_hparams(t))} | {_cell(_schedule(t))} | "
                          f"{_cell(_last_step(t))} |")
 
     lines += ["", "## Hyperparameter importances (fANOVA)", ""]

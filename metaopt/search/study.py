@@ -11,11 +11,15 @@ running population's wait for their own. A trial that repeats a running trial's 
 not trained again: it gets its twin's result. Diverged trials are told ``FAIL`` with their
 reason in the user attribute ``reason``; nothing a trial does crashes the study.
 
-Several processes may work on one study (``workers``): each one records its liveness in the
-study (``worker:<id>`` user attributes, refreshed as it works), so that a later run finds the
-trials a killed process left ``RUNNING``, fails them (``reason: lost``) and enqueues their
-parameters again. The budget counts finished trials (complete, pruned, diverged) across all
-workers, so together they end with exactly ``trials``.
+What metaopt records costs two storage writes per trial (SQLite commits are what a study
+pays for): the user attribute ``config`` (``worker``, ``optimizer``, ``hparams``, ``schedule``)
+when a trial is asked and ``run`` (``slot``, ``entered``, ``left``, ``evaluations``) when it
+ends, plus ``reason`` for failed ones. Several processes may work on one study (``workers``):
+each one records its liveness in the study (``worker:<id>`` user attributes, refreshed as it
+works), so that a later run finds the trials a killed process left ``RUNNING``, fails them
+(``reason: lost``) and enqueues their parameters again. The budget counts finished trials
+(complete, pruned, diverged) across all workers, so together they end with exactly
+``trials``.
 """
 
 from __future__ import annotations
@@ -115,6 +119,7 @@ def make_pruner(name: str, steps: int, eval_every: int) -> optuna.pruners.BasePr
 class _Slot:
     trial: optuna.Trial
     config: Config
+    slot: tuple[int, int] = (-1, 0)  # (member index, population step it entered at)
 
     @property
     def key(self) -> tuple:
@@ -153,6 +158,7 @@ class Search:
         self.running: dict[tuple, int] = defaultdict(int)
         self.evaluations, self.notes = 0, []
         self._beat, self._step = 0.0, 0
+        self._failed = (0, 0)  # (failed trials seen, of which uncounted)
         self.told: dict[str, int] = defaultdict(int)  # this worker's finished trials by state
         self.best_value = math.inf
         self._bar = progress_bar(progress, trials, f"tune {task.name}", unit="trial")
@@ -160,12 +166,16 @@ class Search:
     # -- the budget, shared by every worker --------------------------------------------------
     def counted(self) -> int:
         """Trials that spend the budget: finished (complete, pruned, diverged), running or
-        waiting; not the ones lost with a killed worker, nor surplus asks."""
+        waiting; not the ones lost with a killed worker, nor surplus asks. Two counts in the
+        storage; failed trials are read again only when their number changed."""
         storage, sid = self.study._storage, self.study._study_id
         states = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING, TrialState.WAITING)
-        failed = storage.get_all_trials(sid, deepcopy=False, states=(TrialState.FAIL,))
-        return storage.get_n_trials(sid, states) + sum(
-            t.user_attrs.get("reason") not in UNCOUNTED for t in failed)
+        n_failed = storage.get_n_trials(sid, (TrialState.FAIL,))
+        if n_failed != self._failed[0]:
+            failed = storage.get_all_trials(sid, deepcopy=False, states=(TrialState.FAIL,))
+            self._failed = (n_failed, sum(t.user_attrs.get("reason") in UNCOUNTED
+                                          for t in failed))
+        return storage.get_n_trials(sid, states) + n_failed - self._failed[1]
 
     def _surplus(self, trial: optuna.Trial) -> bool:
         """Whether ``trial`` (just asked) lies beyond the budget: counted trials numbered
@@ -180,7 +190,6 @@ class Search:
         """A new trial and its configuration, or None when the budget is spent."""
         while self.counted() < self.trials:
             trial = self.study.ask()
-            trial.set_user_attr("worker", self.worker)
             if self._surplus(trial):
                 self._tell(trial, TrialState.FAIL, reason="surplus")
                 return None
@@ -189,9 +198,9 @@ class Search:
             except ValueError as err:
                 self._tell(trial, TrialState.FAIL, reason=f"invalid configuration: {err}")
                 continue
-            for key, value in (("optimizer", config.optimizer), ("hparams", config.hparams),
-                               ("schedule", config.schedule)):
-                trial.set_user_attr(key, value)
+            trial.set_user_attr("config", {"worker": self.worker, "optimizer": config.optimizer,
+                                           "hparams": config.hparams,
+                                           "schedule": config.schedule})
             self.heartbeat()
             return trial, config
         return None
@@ -203,11 +212,13 @@ class Search:
             self._beat = now
 
     def _tell(self, trial: optuna.Trial, state: TrialState, value: float | None = None,
-              reason: str | None = None, twin_of: int | None = None) -> None:
+              reason: str | None = None, twin_of: int | None = None,
+              run: dict | None = None) -> None:
         if reason is not None:
             trial.set_user_attr("reason", reason)
-        if twin_of is not None:
-            trial.set_user_attr("duplicate_of", twin_of)
+        if run is not None or twin_of is not None:
+            trial.set_user_attr("run", {**(run or {}), **({} if twin_of is None else
+                                                           {"duplicate_of": twin_of})})
         self.study.tell(trial, value if state == TrialState.COMPLETE else None, state=state)
         self.heartbeat()
         if reason in UNCOUNTED:
@@ -286,7 +297,7 @@ class Search:
         self._step = 0  # population steps taken: when each trial entered and left its slot
         for i, s in enumerate(slots):
             member_schedules.members[i] = _schedule(s.config)
-            s.trial.set_user_attr("slot", [i, 0])
+            s.slot = (i, 0)
         if any(m is not None for m in member_schedules.members):
             pop.schedules = {"lr": member_schedules}
         while any(s is not None for s in slots):
@@ -321,9 +332,9 @@ class Search:
 
     def _finish(self, slot: _Slot, state: TrialState, value: float | None = None,
                 reason: str | None = None, step: int = 0) -> None:
-        slot.trial.set_user_attr("evaluations", step * self.task.grad_evals_per_step)
-        slot.trial.set_user_attr("left_at", self._step)
-        self._tell(slot.trial, state, value, reason)
+        run = {"slot": slot.slot[0], "entered": slot.slot[1], "left": self._step,
+               "evaluations": step * self.task.grad_evals_per_step}
+        self._tell(slot.trial, state, value, reason, run=run)
         key = slot.key
         self.running[key] -= 1
         for twin in self.twins.pop(key, []) if not self.running[key] else []:
@@ -340,7 +351,7 @@ class Search:
         self.running[slot.key] += 1
         member_schedules.members[i] = _schedule(slot.config)
         pop.reinit(i, seed=self.seed, hparams=slot.config.hparams)
-        slot.trial.set_user_attr("slot", [i, self._step])
+        slot.slot = (i, self._step)
         return slot
 
 
@@ -384,7 +395,7 @@ def recover_lost(study: optuna.Study) -> list[int]:
                                   if k.startswith("worker:")}
     now, lost = time.time(), []
     for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-        worker = t.user_attrs.get("worker")
+        worker = config_of(t).get("worker")
         if worker is None:  # asked a moment ago, its worker not yet recorded
             started = t.datetime_start.timestamp() if t.datetime_start else 0.0
             if now - started < LOST_AFTER:
@@ -399,11 +410,23 @@ def recover_lost(study: optuna.Study) -> list[int]:
     return lost
 
 
+def config_of(t: Any) -> dict[str, Any]:
+    """What metaopt recorded of a trial's configuration (``worker``, ``optimizer``,
+    ``hparams``, ``schedule``); empty for a trial metaopt did not ask."""
+    return t.user_attrs.get("config") or {}
+
+
+def run_of(t: Any) -> dict[str, Any]:
+    """How a trial ran (``slot``, ``entered``, ``left``, ``evaluations``, ``duplicate_of``)."""
+    return t.user_attrs.get("run") or {}
+
+
 def best_of(study: optuna.Study) -> Best | None:
     done = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
             if t.value is not None and math.isfinite(t.value)]
     if not done:
         return None
     t = min(done, key=lambda t: t.value)
-    return Best(t.user_attrs.get("optimizer", ""), dict(t.user_attrs.get("hparams", {})),
-                t.user_attrs.get("schedule"), float(t.value), t.number)
+    config = config_of(t)
+    return Best(config.get("optimizer", ""), dict(config.get("hparams", {})),
+                config.get("schedule"), float(t.value), t.number)
