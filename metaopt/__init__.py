@@ -6,13 +6,14 @@
 - :mod:`metaopt.tasks`: the Task protocol and built-in tasks;
 - :func:`train` one model, :func:`train_population` many at once;
 - :func:`search` (:mod:`metaopt.search`): Optuna studies over optimizers, hyperparameters and
-  schedules, trials trained together as populations.
+  schedules, trials trained together as populations;
+- :func:`pbt` (:mod:`metaopt.pbt`): population-based training, vectorised in one process.
 """
 
-from metaopt import optim, schedules, search, tasks
+from metaopt import optim, pbt, schedules, search, tasks
 from metaopt.population import Population, PopulationResult, train_population
 from metaopt.train import TrainResult, train
 
-__all__ = ["optim", "schedules", "search", "tasks", "train", "TrainResult", "train_population",
-           "Population", "PopulationResult"]
+__all__ = ["optim", "pbt", "schedules", "search", "tasks", "train", "TrainResult",
+           "train_population", "Population", "PopulationResult"]
 __version__ = "0.1.0"

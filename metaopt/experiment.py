@@ -75,6 +75,9 @@ POSITIVE: Check = (lambda v: NUMBER[0](v) and v > 0, "a positive number")
 NONNEG: Check = (lambda v: NUMBER[0](v) and v >= 0, "a number >= 0")
 POS_INTS: Check = (lambda v: isinstance(v, list) and v != [] and all(POS_INT[0](x) for x in v),
                    "a non-empty list of positive integers")
+QUANTILE: Check = (lambda v: NUMBER[0](v) and 0 < v <= 0.5, "a number in (0, 0.5]")
+FACTORS: Check = (lambda v: isinstance(v, list) and v != [] and all(POSITIVE[0](x) for x in v),
+                  "a non-empty list of positive factors")
 SPACE: Check = (lambda v: STRING[0](v) or isinstance(v, Mapping),
                 "a search-space file path or an inline mapping")
 
@@ -130,12 +133,16 @@ SECTIONS: dict[str, dict[str, Key]] = {
         "eval_every": Key(POS_INT),  # default: steps // 10
     },
     "pbt": {
-        "optimizer": Key(STRING, "adamw"),
-        "space": Key(SPACE),
+        "optimizer": Key(STRING),  # default: the search: section's, else the task's default
+        "space": Key(SPACE),  # default: search.space (same optimizer), else the shipped one
+        "schedule": Key(SPACE),  # a schedule space: each member's lr follows its own schedule
         "population": Key(POS_INT, 16),
         "interval": Key(POS_INT, 25),
-        "quantile": Key(FRACTION, 0.25),
+        "quantile": Key(QUANTILE, 0.25),
         "resample": Key(FRACTION, 0.25),
+        "perturb": Key(FACTORS, (0.8, 1.2)),
+        "exploit": Key(one_of("truncation", "tournament", "none"), "truncation"),
+        "deterministic": Key(BOOL, False),  # engine choices by rule, not by timing
         "backend": Key(one_of("local", "ray"), "local"),
         "ray_address": Key(OPT_STRING),
     },

@@ -15,6 +15,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "tune": ("metaopt.commands.tune", "search optimizers, hyperparameters and schedules with "
              "Optuna, trials trained together as populations"),
     "dashboard": ("metaopt.commands.dashboard", "serve a tune run's study in optuna-dashboard"),
+    "pbt": ("metaopt.commands.pbt", "population-based training: exploit and explore, vectorised"),
 }
 
 

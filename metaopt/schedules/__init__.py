@@ -21,6 +21,9 @@ instead of the lr. Build one schedule per hyperparameter from the same spec::
     lr = create(spec)
     momentum = create({**spec, "target": "momentum"})
 
+``piecewise`` (``values``, ``milestones``: ``values[i]`` from milestone ``i - 1`` on) holds
+absolute values by step: the schedules population-based training discovers.
+
 ``sequential`` children inherit the parent's ``base_lr`` unless they set their own (torch's
 sub-schedulers all share the optimizer's initial lr). ``reduce_on_plateau`` depends on observed
 losses, not on the step, so it is a small stateful object (:class:`ReduceOnPlateau`).

@@ -205,6 +205,17 @@ def wsd(
     return torch.where(k < W, warm, torch.where(k < W + S, base_lr, decayed))
 
 
+def piecewise(k: Tensor, values: Tensor, milestones: Tensor) -> Tensor:
+    """Piecewise constant by step (not in torch): ``values[i]`` from milestone ``i - 1`` (0 for
+    the first) up to milestone ``i``; ``values`` has one more entry (last dim) than
+    ``milestones``. What population-based training discovers (Jaderberg et al. 2017): a value
+    held for each interval, changed where a member was exploited or explored."""
+    index = (k.unsqueeze(-1) >= milestones).sum(-1)
+    shape = torch.broadcast_shapes(index.shape, values.shape[:-1])
+    table = values.expand(*shape, values.shape[-1])
+    return torch.gather(table, -1, index.expand(shape).unsqueeze(-1)).squeeze(-1)
+
+
 def sequential(k: Tensor, schedules: list[Schedule], milestones: Tensor) -> Tensor:
     """torch ``SequentialLR``: schedule i runs from milestone i-1, restarted at its step 0."""
     out = schedules[0]._eval(k)

@@ -69,6 +69,7 @@ _FAMILIES: dict[str, _Family] = {
         checks={"total_steps": _POSITIVE,
                 "pct_start": (lambda v: (v >= 0) & (v <= 1), "between 0 and 1")}),
     "sequential": _Family(F.sequential, ("schedules", "milestones"), {"base_lr": 1.0}),
+    "piecewise": _Family(F.piecewise, ("values", "milestones"), {}),
     "wsd": _Family(
         F.wsd, ("stable_steps", "decay_steps"),
         {"warmup_steps": 0, "min_lr": 0.0, "decay": "linear", "base_lr": 1.0},
@@ -170,13 +171,14 @@ def _number(name: str, key: str, value: Any) -> float | int | Tensor | None:
     raise _fail(name, f"parameter '{key}' must be a number or a tensor, got {value!r}")
 
 
-def _milestones(name: str, value: Any) -> tuple[float, ...] | Tensor:
+def _milestones(name: str, value: Any, key: str = "milestones",
+                what: str = "steps") -> tuple[float, ...] | Tensor:
     """A sequence of numbers/tensors, or a tensor whose last dim lists the milestones."""
     if isinstance(value, Tensor):
         return value if value.dim() > 0 else value.unsqueeze(0)
     if not isinstance(value, Sequence) or isinstance(value, str):
-        raise _fail(name, f"parameter 'milestones' must be a list of steps, got {value!r}")
-    items = [_number(name, "milestones", v) for v in value]
+        raise _fail(name, f"parameter '{key}' must be a list of {what}, got {value!r}")
+    items = [_number(name, key, v) for v in value]
     if not any(isinstance(v, Tensor) for v in items):
         return tuple(items)  # type: ignore[arg-type]
     return torch.stack(torch.broadcast_tensors(*[torch.as_tensor(v, dtype=F64) for v in items]),
@@ -227,6 +229,8 @@ def create(spec: Mapping[str, Any] | str | Schedule, **params: Any) -> Schedule 
                 raise _fail(name, f"parameter '{key}' must be one of {allowed}, got {value!r}")
         elif key == "milestones":
             values[key] = _milestones(name, value)
+        elif key == "values" and name == "piecewise":
+            values[key] = _milestones(name, value, "values", "numbers")
         elif key == "schedules":
             values[key] = _children(name, value, values["base_lr"])
         elif not (value is None and family.defaults.get(key, 0) is None):
@@ -237,6 +241,8 @@ def create(spec: Mapping[str, Any] | str | Schedule, **params: Any) -> Schedule 
         raise _fail(name, "target 'momentum' needs cycle_momentum=True")
     if family.fn is ReduceOnPlateau:
         return ReduceOnPlateau(**values)
+    if name == "piecewise":
+        _check_piecewise(values["values"], values["milestones"])
     if name == "sequential":
         del values["base_lr"]  # handed to the children
         count = values["milestones"].shape[-1] if isinstance(
@@ -245,6 +251,22 @@ def create(spec: Mapping[str, Any] | str | Schedule, **params: Any) -> Schedule 
             raise _fail(name, f"parameter 'milestones' must have {len(values['schedules']) - 1} "
                               f"entries (one fewer than schedules), got {count}")
     return Schedule(dict(spec), family.fn, values)
+
+
+def _check_piecewise(values: Any, milestones: Any) -> None:
+    """One value more than milestones; milestones >= 0 and increasing (per member)."""
+    def count(v: Any) -> int:
+        return v.shape[-1] if isinstance(v, Tensor) else len(v)
+
+    if count(values) == 0:
+        raise _fail("piecewise", "parameter 'values' must hold at least one value")
+    if count(values) != count(milestones) + 1:
+        raise _fail("piecewise", f"parameter 'milestones' must have {count(values) - 1} "
+                                 f"entries (one fewer than values), got {count(milestones)}")
+    marks = torch.as_tensor(milestones, dtype=F64)
+    if count(milestones) and not bool((marks >= 0).all() & (marks.diff(dim=-1) > 0).all()):
+        raise _fail("piecewise", f"parameter 'milestones' must be increasing steps >= 0, got "
+                                 f"{milestones!r}")
 
 
 def _children(name: str, specs: Any, base_lr: Any) -> list[Schedule]:

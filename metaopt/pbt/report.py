@@ -1,0 +1,121 @@
+"""A PBT run directory's files: ``summary.json``, ``best.yaml`` (a ``metaopt train`` experiment
+replaying the best member's discovered schedule), ``lineage.json``, the figures
+(``lineage.png``, ``hparams.png``) and ``report.md``.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from metaopt import runs
+from metaopt.pbt.lineage import plot_lineage, plot_trajectories
+from metaopt.pbt.local import PBTResult
+
+LINEAGE = "lineage.json"
+
+
+def best_experiment(result: PBTResult, name: str, task: str, steps: int,
+                    device: str = "cpu") -> dict[str, Any] | None:
+    """The train experiment replaying the best member: its ancestor's seed (the same initial
+    weights), its starting values and its discovered schedule."""
+    best = result.best
+    if best is None:
+        return None
+    train: dict[str, Any] = {"optimizer": best.optimizer, "hparams": best.hparams}
+    if best.schedule is not None:
+        train["schedule"] = best.schedule
+    spec: dict[str, Any] = {"name": f"{name}-best", "task": task, "steps": steps,
+                            "seed": best.seed}
+    if device != "cpu":
+        spec["device"] = device
+    spec["train"] = train
+    return spec
+
+
+def write_outputs(directory: Path, result: PBTResult, *, name: str, task: str, steps: int,
+                  started: float, device: str = "cpu", **extra: Any) -> list[Path]:
+    """Every file of the run directory but the checkpoint; returns the ones written."""
+    written = []
+    best = result.best
+    spec = best_experiment(result, name, task, steps, device)
+    if spec is not None:
+        written.append(runs.write_atomic(directory / "best.yaml", yaml.safe_dump(
+            runs.plain(spec), sort_keys=False)))
+    ancestry = result.lineage.ancestry(best.member) if best is not None else None
+    written.append(runs.write_json(directory / LINEAGE, {
+        **result.lineage.as_dict(), "best": None if best is None else best.member,
+        "ancestry": ancestry}))
+    figures = _figures(directory, result)
+    diverged = sum(1 for iv in result.lineage.intervals for v in iv.values
+                   if not math.isfinite(v))
+    written.append(runs.write_summary(
+        directory, command="pbt", task=task, optimizer=result.space.optimizer,
+        hparams=best.hparams if best else {}, schedule=best.schedule if best else None,
+        value=best.value if best else math.nan, evaluations=result.evaluations,
+        started=started, population=len(result.values), steps=result.steps,
+        best_member=best.member if best else None, replay_seed=best.seed if best else None,
+        exploits=result.exploits, diverged=diverged, engine=result.note,
+        values=result.values, notes=result.notes, **extra))
+    written.append(write_report(directory, result, figures))
+    return written
+
+
+def _figures(directory: Path, result: PBTResult) -> list[tuple[str, Path]]:
+    best = result.best.member if result.best is not None else None
+    out = []
+    for title, draw in (
+            ("Lineage", lambda: plot_lineage(result.lineage, best, directory / "lineage.png")),
+            ("Hyperparameters", lambda: plot_trajectories(result.lineage, best, result.space,
+                                                           directory / "hparams.png"))):
+        try:
+            out.append((title, draw()))
+        except (ValueError, RuntimeError) as err:
+            warnings.warn(f"{title.lower()} figure skipped: {err}", stacklevel=2)
+    return out
+
+
+def _text(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    if isinstance(value, dict):
+        return ", ".join(f"{k}={_text(v)}" for k, v in value.items()) or "—"
+    return "—" if value is None else str(value)
+
+
+def write_report(directory: Path, result: PBTResult,
+                 figures: list[tuple[str, Path]]) -> Path:
+    """``report.md``: the outcome, the best member's ancestry and the figures."""
+    best = result.best
+    finite = sorted(v for v in result.values if math.isfinite(v))
+    median = _text(finite[len(finite) // 2]) if finite else "—"
+    changed = ", ".join(best.schedule) if best is not None and best.schedule else "—"
+    lines = [f"# pbt: {result.lineage.members} members, {result.steps} steps", "",
+             "| | |", "|---|---|",
+             f"| optimizer | {result.space.optimizer} |",
+             f"| best member | {best.member if best else '—'} |",
+             f"| validation loss (best) | {_text(best.value) if best else '—'} |",
+             f"| validation loss (median) | {median} |",
+             f"| starting values | {_text(best.hparams) if best else '—'} |",
+             f"| discovered schedule (piecewise) | {changed} |",
+             f"| exploits | {result.exploits} |",
+             f"| gradient evaluations | {result.evaluations:,} |",
+             f"| engine | {result.note} |"]
+    if result.notes:
+        lines += ["", "## Notes", "", *[f"- {n}" for n in result.notes]]
+    if best is not None:
+        lines += ["", "## The best member's ancestry", "",
+                  "| steps | member | validation loss at the end | hyperparameters |",
+                  "|---|---|---|---|"]
+        path = result.lineage.ancestry(best.member)
+        for iv, slot in zip(result.lineage.intervals, path):
+            lines.append(f"| {iv.start}–{iv.end} | {slot} | {_text(iv.values[slot])} | "
+                         f"{_text(iv.hparams[slot])} |")
+        lines += ["", "`best.yaml` replays it on one model: `metaopt train best.yaml`."]
+    for title, file in figures:
+        lines += ["", f"## {title}", "", f"![{title}]({Path(file).name})"]
+    return runs.write_atomic(directory / "report.md", "\n".join(lines) + "\n")
