@@ -98,6 +98,7 @@ class StackedEngine:
         self.options = {k: v for k, v in stacked.items() if _is_option(v)}
         self.optimizer = make_optimizer(list(params.values()), population=self.P, **stacked)
         self.iters = [member_data(task, s) for s in seeds]
+        self._initial_models: dict[int, nn.Module] = {}  # seed -> model, for reinit
         self.forward = "vmap" if forward == "auto" else forward
         self._tune = forward == "auto" and numel >= self.TRIAL_MIN_NUMEL
         self._steps, self._trial = 0, {}
@@ -165,9 +166,16 @@ class StackedEngine:
             self.buffers[name][i] = b.to(self.device)
 
     def reinit(self, i: int, seed: int) -> None:
-        self.load_member(i, build_member(self.task, seed, self.device))
+        self.load_member(i, self._initial(seed))
         self.optimizer.reset_member(i)
         self.iters[i] = member_data(self.task, seed)
+
+    def _initial(self, seed: int) -> nn.Module:
+        """The model ``build_member(task, seed)`` builds, built once per seed: a search refills
+        slots with the same seed over and over, and building costs more than copying."""
+        if seed not in self._initial_models:
+            self._initial_models[seed] = build_member(self.task, seed, self.device)
+        return self._initial_models[seed]
 
     @torch.no_grad()
     def copy_member(self, src: int, dst: int, hparams: bool = True) -> None:

@@ -75,12 +75,13 @@ def run(args: argparse.Namespace) -> int:
     except ResumeMismatch as err:
         raise ExperimentError(exp.file, KEYS[err.key], f"the {err.key} the study in "
                               f"{directory} was started with", str(err)) from None
-    helpers = [] if args.worker else _spawn(args, directory)
-    _wait_for(helpers, study)
     search = studies.Search(study, task, space, trials=section["trials"],
                             population=section["population"], steps=steps, seed=exp.seed,
                             eval_every=eval_every, device=exp.device,
                             progress=False if args.worker else args.progress)
+    search.heartbeat(force=True)  # the helpers see this worker from their first count
+    helpers = [] if args.worker else _spawn(args, directory)
+    _wait_for(helpers, study)
     search.run()
     failed = [p.args for p in helpers if p.wait() != 0]
     if args.worker:

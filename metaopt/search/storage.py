@@ -19,11 +19,13 @@ is what :func:`run_storage` and :func:`load_study` do for a finished run directo
 from __future__ import annotations
 
 import json
+from collections import Counter
 from pathlib import Path
 
 import optuna
 from optuna.storages import BaseStorage, JournalStorage, RDBStorage
 from optuna.storages.journal import JournalFileBackend
+from optuna.trial import TrialState
 
 from metaopt.experiment import ExperimentError
 
@@ -143,3 +145,25 @@ def load_study(run_dir: str | Path) -> optuna.Study:
     """The study of a tune run directory (see :func:`run_storage`)."""
     storage, name = run_storage(run_dir)
     return optuna.load_study(study_name=name, storage=storage)
+
+
+def count_trials(storage: BaseStorage, study_id: int) -> dict[TrialState, int]:
+    """The study's number of trials by state: one ``GROUP BY`` query on an RDB storage
+    (Optuna's own ``get_n_trials`` reads every trial with its attributes there, milliseconds
+    per trial); ``get_all_trials`` elsewhere (in memory, journal) or if Optuna's tables ever
+    change."""
+    if isinstance(storage, RDBStorage):
+        try:
+            from optuna.storages._rdb import models
+            from optuna.storages._rdb.storage import _create_scoped_session
+            from sqlalchemy import func
+
+            state = models.TrialModel.state
+            with _create_scoped_session(storage.scoped_session) as session:
+                rows = session.query(state, func.count(models.TrialModel.trial_id)).filter(
+                    models.TrialModel.study_id == study_id).group_by(state).all()
+            return {TrialState(s) if not isinstance(s, TrialState) else s: int(n)
+                    for s, n in rows}
+        except (ImportError, AttributeError):
+            pass
+    return dict(Counter(t.state for t in storage.get_all_trials(study_id, deepcopy=False)))

@@ -11,15 +11,15 @@ running population's wait for their own. A trial that repeats a running trial's 
 not trained again: it gets its twin's result. Diverged trials are told ``FAIL`` with their
 reason in the user attribute ``reason``; nothing a trial does crashes the study.
 
-What metaopt records costs two storage writes per trial (SQLite commits are what a study
-pays for): the user attribute ``config`` (``worker``, ``optimizer``, ``hparams``, ``schedule``)
-when a trial is asked and ``run`` (``slot``, ``entered``, ``left``, ``evaluations``) when it
-ends, plus ``reason`` for failed ones. Several processes may work on one study (``workers``):
-each one records its liveness in the study (``worker:<id>`` user attributes, refreshed as it
-works), so that a later run finds the trials a killed process left ``RUNNING``, fails them
-(``reason: lost``) and enqueues their parameters again. The budget counts finished trials
-(complete, pruned, diverged) across all workers, so together they end with exactly
-``trials``.
+What metaopt records costs three storage writes per trial (SQLite commits are what a study pays
+for): the user attribute ``config`` (``worker`` as soon as the trial is asked, then with
+``optimizer``, ``hparams``, ``schedule``) and ``run`` (``slot``, ``entered``, ``left``,
+``evaluations``) when it ends, plus ``reason`` for failed ones. Several processes may work on
+one study (``workers``): each one records its liveness in the study (``worker:<id>`` user
+attributes, refreshed as it works), so that a later run finds the trials a killed process left
+``RUNNING``, fails them (``reason: lost``) and enqueues their parameters again. The budget
+counts finished trials (complete, pruned, diverged) across all workers, so together they end
+with exactly ``trials``.
 """
 
 from __future__ import annotations
@@ -42,9 +42,11 @@ from metaopt import optim, schedules
 from metaopt.monitor import progress_bar
 from metaopt.population import Population
 from metaopt.search.space import Config, Space, suggest
+from metaopt.search.storage import count_trials
 
 LOST_AFTER = 120.0  # seconds without a heartbeat before another worker's trial counts as lost
 BEAT_EVERY = 5.0
+RECOUNT_EVERY = 2.0  # seconds between reads of the shared trial count
 UNCOUNTED = ("lost", "surplus")  # FAIL reasons that don't spend the budget
 
 
@@ -159,6 +161,8 @@ class Search:
         self.evaluations, self.notes = 0, []
         self._beat, self._step = 0.0, 0
         self._failed = (0, 0)  # (failed trials seen, of which uncounted)
+        self._count = (0, 0, -math.inf)  # (storage count, own asks since, when counted)
+        self._alone = False  # no other live worker on the study (then counting is local)
         self.told: dict[str, int] = defaultdict(int)  # this worker's finished trials by state
         self.best_value = math.inf
         self._bar = progress_bar(progress, trials, f"tune {task.name}", unit="trial")
@@ -166,16 +170,33 @@ class Search:
     # -- the budget, shared by every worker --------------------------------------------------
     def counted(self) -> int:
         """Trials that spend the budget: finished (complete, pruned, diverged), running or
-        waiting; not the ones lost with a killed worker, nor surplus asks. Two counts in the
-        storage; failed trials are read again only when their number changed."""
+        waiting; not the ones lost with a killed worker, nor surplus asks. The storage is
+        read every ``RECOUNT_EVERY`` seconds, which also tells whether other workers are
+        live, and at every ask while they are; a worker alone adds its own asks to the last
+        count in between (each read costs milliseconds on an RDB storage)."""
+        now = time.monotonic()
+        due = now - self._count[2] >= RECOUNT_EVERY
+        if due or not self._alone:
+            self._count = (self._storage_count(), 0, now)
+            if due:
+                self._alone = not self._other_workers()
+        return self._count[0] + self._count[1]
+
+    def _other_workers(self) -> bool:
+        now = time.time()
+        return any(k != f"worker:{self.worker}" and isinstance(v, float)
+                   and now - v < LOST_AFTER for k, v in self.study.user_attrs.items()
+                   if k.startswith("worker:"))
+
+    def _storage_count(self) -> int:
         storage, sid = self.study._storage, self.study._study_id
-        states = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING, TrialState.WAITING)
-        n_failed = storage.get_n_trials(sid, (TrialState.FAIL,))
-        if n_failed != self._failed[0]:
+        counts = count_trials(storage, sid)
+        n_failed = counts.get(TrialState.FAIL, 0)
+        if n_failed != self._failed[0]:  # failed trials read again only when more failed
             failed = storage.get_all_trials(sid, deepcopy=False, states=(TrialState.FAIL,))
             self._failed = (n_failed, sum(t.user_attrs.get("reason") in UNCOUNTED
                                           for t in failed))
-        return storage.get_n_trials(sid, states) + n_failed - self._failed[1]
+        return sum(counts.values()) - self._failed[1]
 
     def _surplus(self, trial: optuna.Trial) -> bool:
         """Whether ``trial`` (just asked) lies beyond the budget: counted trials numbered
@@ -190,6 +211,8 @@ class Search:
         """A new trial and its configuration, or None when the budget is spent."""
         while self.counted() < self.trials:
             trial = self.study.ask()
+            trial.set_user_attr("config", {"worker": self.worker})  # at once: see recover_lost
+            self._count = (self._count[0], self._count[1] + 1, self._count[2])
             if self._surplus(trial):
                 self._tell(trial, TrialState.FAIL, reason="surplus")
                 return None
@@ -388,17 +411,22 @@ def _alive(worker: str, beat: float | None, now: float) -> bool:
     return beat is not None and now - beat < LOST_AFTER
 
 
+UNRECORDED_GRACE = 2.0  # a worker records its trial right after asking it: older = orphaned
+
+
 def recover_lost(study: optuna.Study) -> list[int]:
     """Fail the trials that dead workers left running (``reason: lost``) and enqueue their
-    parameters again; returns the lost trials' numbers."""
+    parameters again; returns the lost trials' numbers. A running trial whose worker is not
+    recorded was asked by a worker that died before its very next write (or is just asking
+    it, when it is younger than ``UNRECORDED_GRACE`` seconds)."""
     beats: Mapping[str, float] = {k[len("worker:"):]: v for k, v in study.user_attrs.items()
                                   if k.startswith("worker:")}
     now, lost = time.time(), []
     for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         worker = config_of(t).get("worker")
-        if worker is None:  # asked a moment ago, its worker not yet recorded
+        if worker is None:
             started = t.datetime_start.timestamp() if t.datetime_start else 0.0
-            if now - started < LOST_AFTER:
+            if now - started < UNRECORDED_GRACE:
                 continue
         elif _alive(worker, beats.get(worker), now):
             continue
