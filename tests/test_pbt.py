@@ -14,7 +14,7 @@ import time
 import pytest
 import torch
 import yaml
-from torch import nn
+from toy_tasks import regression
 
 import metaopt
 from metaopt import cli, runs, schedules
@@ -27,29 +27,7 @@ from metaopt.tasks import Task
 
 
 def _task(steps: int = 40) -> Task:
-    """A float64 regression MLP whose batches come from a Python generator (so a resume must
-    replay them): populations and separate runs agree to rounding."""
-    g = torch.Generator().manual_seed(7)
-    x = torch.randn(96, 4, generator=g, dtype=torch.float64)
-    y = torch.sin(x @ torch.randn(4, 1, generator=g, dtype=torch.float64))
-
-    def model():
-        return nn.Sequential(nn.Linear(4, 8), nn.Tanh(), nn.Linear(8, 1)).double()
-
-    def loss(module, batch):
-        xb, yb = batch
-        return ((module(xb) - yb) ** 2).mean()
-
-    def data(generator):
-        while True:
-            idx = torch.randint(0, 96, (16,), generator=generator)
-            yield x[idx], y[idx]
-
-    @torch.no_grad()
-    def evaluate(module):
-        return float(loss(module, (x, y)))
-
-    return Task("pbt-toy", model, loss, data, evaluate, steps=steps)
+    return regression("pbt-toy", steps)
 
 
 SGD = {"lr": {"low": 1e-3, "high": 0.3, "log": True}, "momentum": {"low": 0.5, "high": 0.95}}

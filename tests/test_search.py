@@ -5,9 +5,8 @@ from collections import Counter, defaultdict
 
 import optuna
 import pytest
-import torch
 from optuna.trial import TrialState
-from torch import nn
+from toy_tasks import regression
 
 import metaopt
 from metaopt.search.study import Search
@@ -16,28 +15,7 @@ from metaopt.tasks import Task
 
 
 def _task(steps: int = 20) -> Task:
-    """A float64 regression MLP: population members and separate runs agree to rounding."""
-    g = torch.Generator().manual_seed(7)
-    x = torch.randn(96, 4, generator=g, dtype=torch.float64)
-    y = torch.sin(x @ torch.randn(4, 1, generator=g, dtype=torch.float64))
-
-    def model():
-        return nn.Sequential(nn.Linear(4, 8), nn.Tanh(), nn.Linear(8, 1)).double()
-
-    def loss(module, batch):
-        xb, yb = batch
-        return ((module(xb) - yb) ** 2).mean()
-
-    def data(generator):
-        while True:
-            idx = torch.randint(0, 96, (16,), generator=generator)
-            yield x[idx], y[idx]
-
-    @torch.no_grad()
-    def evaluate(module):
-        return float(loss(module, (x, y)))
-
-    return Task("search-toy", model, loss, data, evaluate, steps=steps)
+    return regression("search-toy", steps)
 
 
 def _finished(study):
