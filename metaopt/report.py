@@ -90,11 +90,12 @@ RENDERERS: dict[str, Callable[[Path, dict[str, Any]], list[tuple[str, Path]]]] =
 }
 
 
-def _format(value: Any) -> str:
+def format_value(value: Any) -> str:
+    """A value as a report cell: floats to 4 digits, dicts as k=v, None as a dash."""
     if isinstance(value, float):
         return f"{value:.4g}"
     if isinstance(value, dict):
-        return ", ".join(f"{k}={_format(v)}" for k, v in value.items()) or "—"
+        return ", ".join(f"{k}={format_value(v)}" for k, v in value.items()) or "—"
     return "—" if value is None else str(value)
 
 
@@ -108,9 +109,9 @@ def render(directory: str | Path) -> Path:
     lines = [f"# {summary['command']}: {summary['task']}", "",
              "| | |", "|---|---|",
              f"| optimizer | {best['optimizer']} |",
-             f"| hyperparameters | {_format(best['hparams'])} |",
-             f"| schedule | {_format(best['schedule'])} |",
-             f"| validation loss | {_format(best['value'])} |",
+             f"| hyperparameters | {format_value(best['hparams'])} |",
+             f"| schedule | {format_value(best['schedule'])} |",
+             f"| validation loss | {format_value(best['value'])} |",
              f"| gradient evaluations | {summary['evaluations']:,} |",
              f"| wall time | {summary['wall_seconds']:.1f} s |"]
     for key in ("status", "reason"):

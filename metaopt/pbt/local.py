@@ -96,8 +96,32 @@ class _MemberSchedules:
 
 
 class PBT:
-    """One PBT run; building it checks everything (and a checkpoint to resume), :meth:`run`
-    trains. See :func:`run_pbt` for the arguments."""
+    """One PBT run (Jaderberg et al. 2017): building it checks everything (and a checkpoint
+    to resume), :meth:`run` trains; see the module docstring.
+
+    Args:
+        task: a Task or a built-in task's name.
+        optimizer: a registry name (default: the task's default optimizer).
+        space: the searched hyperparameters: a space file or name
+            (``search_spaces/<name>.yaml``), an inline mapping, a loaded
+            :class:`~metaopt.search.Space` (one optimizer), or None for the optimizer's
+            shipped space. ``schedule``: a schedule space; each member's lr then follows its
+            own schedule, whose parameters are explored too.
+        population: members, trained as one stacked population; ``interval``: steps between
+            exploit/explore rounds; ``steps``: the run's length (default ``task.steps``).
+        quantile: truncation's bottom/top fraction, in (0, 0.5]; ``resample``: probability
+            that explore draws a value afresh from the space instead of perturbing it by a
+            factor from ``perturb``.
+        exploit: ``truncation`` | ``tournament`` | ``none`` (False: no exploit and no explore,
+            a plain population).
+        seed: sampling of the initial values and the policy's draws; member ``i`` is built
+            and fed from ``seed + i``.
+        initial: each member's starting values (missing ones sampled).
+        deterministic: make the engine's timing-based choices by rule.
+        checkpoint: file written atomically after every interval; an existing one is resumed
+            (``resume=False``: started over) and must come from the same configuration
+            (:class:`~metaopt.pbt.checkpoint.ResumeMismatch` names the key that differs).
+    """
 
     def __init__(self, task: Any, optimizer: str | None = None,
                  space: str | Mapping[str, Any] | Space | None = None, *,
@@ -331,44 +355,8 @@ def _postfix(values: Sequence[float]) -> dict[str, Any]:
             "diverged": len(values) - len(finite)}
 
 
-def run_pbt(task: Any, optimizer: str | None = None,
-            space: str | Mapping[str, Any] | Space | None = None, *,
-            schedule: str | Mapping[str, Any] | None = None, population: int = 16,
-            interval: int = 25, steps: int | None = None, quantile: float = 0.25,
-            resample: float = 0.25, perturb: Sequence[float] = policy.PERTURB,
-            exploit: str | bool = "truncation", seed: int = 0,
-            initial: Sequence[Mapping[str, Any]] | None = None, device: str = "cpu",
-            engine: str = "auto", deterministic: bool = False,
-            checkpoint: str | Path | None = None, resume: bool = True,
-            progress: bool | None = None) -> PBTResult:
-    """Population-based training of ``task`` (Jaderberg et al. 2017); see the module docstring.
-
-    Args:
-        task: a Task or a built-in task's name.
-        optimizer: a registry name (default: the task's default optimizer).
-        space: the searched hyperparameters: a space file or name
-            (``search_spaces/<name>.yaml``), an inline mapping, a loaded
-            :class:`~metaopt.search.Space` (one optimizer), or None for the optimizer's
-            shipped space. ``schedule``: a schedule space; each member's lr then follows its
-            own schedule, whose parameters are explored too.
-        population: members, trained as one stacked population; ``interval``: steps between
-            exploit/explore rounds; ``steps``: the run's length (default ``task.steps``).
-        quantile: truncation's bottom/top fraction, in (0, 0.5]; ``resample``: probability
-            that explore draws a value afresh from the space instead of perturbing it by a
-            factor from ``perturb``.
-        exploit: ``truncation`` | ``tournament`` | ``none`` (False: no exploit and no explore,
-            a plain population).
-        seed: sampling of the initial values and the policy's draws; member ``i`` is built
-            and fed from ``seed + i``.
-        initial: each member's starting values (missing ones sampled).
-        deterministic: make the engine's timing-based choices by rule.
-        checkpoint: file written atomically after every interval; an existing one is resumed
-            (``resume=False``: started over) and must come from the same configuration
-            (:class:`~metaopt.pbt.checkpoint.ResumeMismatch` names the key that differs).
-    """
-    return PBT(task, optimizer, space, schedule=schedule, population=population,
-               interval=interval, steps=steps, quantile=quantile, resample=resample,
-               perturb=perturb, exploit=exploit, seed=seed, initial=initial, device=device,
-               engine=engine, deterministic=deterministic, checkpoint=checkpoint,
-               resume=resume, progress=progress).run()
+def run_pbt(task: Any, *args: Any, **kwargs: Any) -> PBTResult:
+    """Population-based training of ``task``: ``PBT(task, ...).run()`` (see :class:`PBT` for
+    the arguments and the module docstring for the method)."""
+    return PBT(task, *args, **kwargs).run()
 

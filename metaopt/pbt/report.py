@@ -15,6 +15,7 @@ import yaml
 from metaopt import runs
 from metaopt.pbt.lineage import plot_lineage, plot_trajectories
 from metaopt.pbt.local import PBTResult
+from metaopt.report import format_value
 
 LINEAGE = "lineage.json"
 
@@ -79,28 +80,20 @@ def _figures(directory: Path, result: PBTResult) -> list[tuple[str, Path]]:
     return out
 
 
-def _text(value: Any) -> str:
-    if isinstance(value, float):
-        return f"{value:.4g}"
-    if isinstance(value, dict):
-        return ", ".join(f"{k}={_text(v)}" for k, v in value.items()) or "—"
-    return "—" if value is None else str(value)
-
-
 def write_report(directory: Path, result: PBTResult,
                  figures: list[tuple[str, Path]]) -> Path:
     """``report.md``: the outcome, the best member's ancestry and the figures."""
     best = result.best
     finite = sorted(v for v in result.values if math.isfinite(v))
-    median = _text(finite[len(finite) // 2]) if finite else "—"
+    median = format_value(finite[len(finite) // 2]) if finite else "—"
     changed = ", ".join(best.schedule) if best is not None and best.schedule else "—"
     lines = [f"# pbt: {result.lineage.members} members, {result.steps} steps", "",
              "| | |", "|---|---|",
              f"| optimizer | {result.space.optimizer} |",
              f"| best member | {best.member if best else '—'} |",
-             f"| validation loss (best) | {_text(best.value) if best else '—'} |",
+             f"| validation loss (best) | {format_value(best.value) if best else '—'} |",
              f"| validation loss (median) | {median} |",
-             f"| starting values | {_text(best.hparams) if best else '—'} |",
+             f"| starting values | {format_value(best.hparams) if best else '—'} |",
              f"| discovered schedule (piecewise) | {changed} |",
              f"| exploits | {result.exploits} |",
              f"| gradient evaluations | {result.evaluations:,} |",
@@ -113,8 +106,8 @@ def write_report(directory: Path, result: PBTResult,
                   "|---|---|---|---|"]
         path = result.lineage.ancestry(best.member)
         for iv, slot in zip(result.lineage.intervals, path):
-            lines.append(f"| {iv.start}–{iv.end} | {slot} | {_text(iv.values[slot])} | "
-                         f"{_text(iv.hparams[slot])} |")
+            lines.append(f"| {iv.start}–{iv.end} | {slot} | {format_value(iv.values[slot])} | "
+                         f"{format_value(iv.hparams[slot])} |")
         lines += ["", "`best.yaml` replays it on one model: `metaopt train best.yaml`."]
     for title, file in figures:
         lines += ["", f"## {title}", "", f"![{title}]({Path(file).name})"]
