@@ -84,9 +84,19 @@ def _meta_train_figures(directory: Path, summary: dict[str, Any]) -> list[tuple[
     return [("Meta-loss", plots.save(fig, directory / "meta_loss.png"))]
 
 
+def _pbt_figures(directory: Path, summary: dict[str, Any]) -> list[tuple[str, Path]]:
+    """A PBT run's lineage tree and hyperparameter trajectories, from ``lineage.json``."""
+    if not (directory / "lineage.json").exists():
+        return []
+    from metaopt.pbt.report import redraw
+
+    return redraw(directory)
+
+
 RENDERERS: dict[str, Callable[[Path, dict[str, Any]], list[tuple[str, Path]]]] = {
     "train": _train_figures,
     "meta-train": _meta_train_figures,
+    "pbt": _pbt_figures,
 }
 
 

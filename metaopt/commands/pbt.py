@@ -9,11 +9,19 @@ end, ``schedule``: its discovered schedule), ``best.yaml`` (a ``metaopt train`` 
 replaying it), ``lineage.json``, ``lineage.png``, ``hparams.png`` and ``report.md``. The same
 command again resumes a killed run from its last interval; an experiment changed since fails
 naming the key.
+
+``pbt.backend: ray`` runs the same experiment through Ray Tune's ``PopulationBasedTraining``
+(:mod:`metaopt.pbt.ray_tune`): ``pbt.ray_address`` joins a cluster (``pbt.storage_path``, shared
+storage, is then required), else a local one is started; the same files are written (no
+``population.pt``: Ray keeps the members' checkpoints, and a Ray run starts over), with the
+nodes and each member's placements in ``summary.json``. An address that does not answer fails
+naming it, before anything is written.
 """
 
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -68,20 +76,24 @@ def run(args: argparse.Namespace) -> int:
     started = time.time()
     exp = experiment.load(args.experiment)
     section = exp.section("pbt")
-    if section["backend"] == "ray":
-        raise ExperimentError(exp.file, "pbt.backend", "local (the ray backend is not "
-                              "available yet)", "ray")
     task = exp.load_task()
     steps = exp.steps or task.steps
     optimizer, space_spec, schedule, keys = sources(exp, section, task)
+    importing = time.perf_counter()
 
     from metaopt.pbt import checkpoint as ckpt
     from metaopt.pbt.local import PBT
     from metaopt.pbt.report import write_outputs
     from metaopt.search.space import load_space
 
+    imports = time.perf_counter() - importing
     space = load_space(space_spec, optimizer, file=exp.file, key=keys["space"],
                        schedule=schedule, schedule_key=keys["schedule"])
+    if section["backend"] == "ray":
+        return _run_ray(args, exp, section, task, steps, space, keys, started, imports)
+    if section["ray_address"] is not None or section.get("storage_path") is not None:
+        key = "pbt.ray_address" if section["ray_address"] is not None else "pbt.storage_path"
+        raise ExperimentError(exp.file, key, "it only with backend: ray", section["backend"])
     directory = Path(args.out) if args.out is not None else Path("runs") / exp.name
     torch.set_flush_denormal(True)
     try:
@@ -107,11 +119,84 @@ def run(args: argparse.Namespace) -> int:
     result = pbt.run()
     write_outputs(directory, result, name=exp.name, task=exp.task, steps=steps,
                   started=started, device=exp.device, interval=section["interval"],
-                  exploit=section["exploit"], resumed_from=resumed)
+                  exploit=section["exploit"], resumed_from=resumed, backend="local",
+                  checkpoint_seconds=result.checkpoint_seconds,
+                  timings={"imports": imports, "checkpoint": result.checkpoint_seconds})
+    _print(result, directory)
+    return 0
+
+
+def _run_ray(args: argparse.Namespace, exp: experiment.Experiment, section: dict[str, Any],
+             task: Any, steps: int, space: Any, keys: dict[str, str], started: float,
+             imports: float) -> int:
+    """The ``backend: ray`` run (:mod:`metaopt.pbt.ray_tune`): checked, connected (an address
+    that does not answer fails naming it), then the run directory and the same files."""
+    import importlib.util
+
+    from metaopt.pbt import ray_tune
+    from metaopt.pbt.report import write_outputs
+
+    if importlib.util.find_spec("ray") is None:
+        raise ExperimentError(exp.file, "pbt.backend", "local, or Ray Tune installed for "
+                              "backend: ray (pip install 'metaopt[ray]')", "ray")
+    address = section["ray_address"]
+    if section["exploit"] == "tournament":
+        raise ExperimentError(exp.file, "pbt.exploit", "truncation or none with backend: ray "
+                              "(Ray Tune's PBT has no tournament)", "tournament")
+    if address is not None:
+        try:
+            ray_tune.parse_address(address)
+        except ValueError:
+            raise ExperimentError(exp.file, "pbt.ray_address", "host:port, ray://host:port "
+                                  "or auto", address) from None
+        if section.get("storage_path") is None:
+            raise ExperimentError(exp.file, "pbt.storage_path", "storage every node sees "
+                                  "(required with pbt.ray_address: Ray does not sync "
+                                  "checkpoints between nodes)")
+    try:
+        pbt = ray_tune.RayPBT(exp.task, space=space,
+                              population=section["population"], interval=section["interval"],
+                              steps=steps, quantile=section["quantile"],
+                              resample=section["resample"], perturb=section["perturb"],
+                              exploit=section["exploit"], seed=exp.seed, device=exp.device,
+                              address=address, storage_path=section.get("storage_path"),
+                              name=exp.name, progress=args.progress)
+    except (ValueError, TypeError) as err:
+        raise ExperimentError(exp.file, keys["optimizer"], "an optimizer and space Ray Tune "
+                              "can train", str(err)) from None
+    if section["deterministic"]:
+        pbt.notes.append("deterministic: the ray backend's members are separate processes; "
+                         "it fixes nothing there")
+    try:
+        pbt.connect()
+    except ray_tune.ClusterUnreachable as err:
+        raise ExperimentError(exp.file, "pbt.ray_address", "a Ray cluster that answers",
+                              f"{err.address} ({err.why})") from None
+    try:
+        directory = runs.run_dir(exp.name, args.out)
+        result = pbt.run()
+    except ray_tune.TrialsFailed as err:
+        print(f"metaopt pbt: error: {err}", file=sys.stderr)
+        return 1
+    finally:
+        pbt.close()
+    ray = pbt.summary()
+    write_outputs(directory, result, name=exp.name, task=exp.task, steps=steps,
+                  started=started, device=exp.device, interval=section["interval"],
+                  exploit=section["exploit"], resumed_from=0, backend="ray",
+                  checkpoint_seconds=result.checkpoint_seconds, ray=ray,
+                  timings={"imports": imports + ray["timings"].get("imports", 0.0),
+                           "ray_init": ray["timings"].get("ray_init"),
+                           "fit": ray["timings"].get("fit"),
+                           "checkpoint": result.checkpoint_seconds})
+    _print(result, directory)
+    return 0
+
+
+def _print(result: Any, directory: Path) -> None:
     best = result.best
     print(f"metaopt pbt: {result.lineage.members} members x {result.steps} steps, "
           f"{result.exploits} exploits; " + (
               f"best member {best.member}: val loss {best.value:.4g}" if best else
               "every member diverged"))
     print(f"wrote {directory}/summary.json, best.yaml, lineage.json, report.md")
-    return 0

@@ -78,6 +78,7 @@ class PBTResult:
     notes: list[str] = field(default_factory=list)
     space: MemberSpace | None = field(default=None, repr=False)
     population: Population | None = field(default=None, repr=False, compare=False)
+    checkpoint_seconds: float = 0.0
 
 
 class _MemberSchedules:
@@ -168,6 +169,7 @@ class PBT:
             self.pop.schedules = {"lr": self.schedules}
         self.lineage = Lineage(self.P)
         self.step, self.drawn, self.exploits, self.seconds_before = 0, [0] * self.P, 0, 0.0
+        self.checkpoint_seconds = 0.0  # spent writing checkpoints (this process and before)
         if saved is not None:
             self._restore(saved)
         else:
@@ -186,26 +188,10 @@ class PBT:
                 "deterministic": str(self.deterministic)}
 
     def _initial(self, given: Sequence[Mapping[str, Any]] | None) -> list[dict[str, Any]]:
-        if given is not None and len(given) != self.P:
-            raise ValueError(f"initial: {len(given)} members' values for population={self.P}")
-        out = []
-        for i in range(self.P):
-            for _ in range(SAMPLE_TRIES):
-                config = {**policy.sample(self.space.params, self.rng),
-                          **(dict(given[i]) if given is not None else {})}
-                if self._valid(config):
-                    break
-            else:
-                raise ValueError(f"member {i}: no valid schedule in {SAMPLE_TRIES} draws")
-            out.append(config)
-        return out
+        return initial_values(self.space, self.P, self.steps, self.rng, given)
 
     def _valid(self, config: Mapping[str, Any]) -> bool:
-        try:
-            self.space.schedule_of(config, self.steps)
-        except ValueError:
-            return False
-        return True
+        return valid(self.space, config, self.steps)
 
     def _build(self, engine: str) -> Population:
         forward = ckpt.forward_rule(self.task, self.seed, self.device) \
@@ -232,7 +218,9 @@ class PBT:
                 self.seconds_before += time.perf_counter() - started
                 started = time.perf_counter()
                 if self.checkpoint is not None:
+                    writing = time.perf_counter()
                     self.save()
+                    self.checkpoint_seconds += time.perf_counter() - writing
         finally:
             if bar is not None:
                 bar.close()
@@ -294,7 +282,8 @@ class PBT:
                 "configs": self.configs, "step": self.step, "lineage": self.lineage.as_dict(),
                 "rng": self.rng.getstate(), "torch_rng": torch.get_rng_state(),
                 "population": ckpt.population_state(self.pop, self.drawn),
-                "exploits": self.exploits, "seconds": self.seconds_before}
+                "exploits": self.exploits, "seconds": self.seconds_before,
+                "checkpoint_seconds": self.checkpoint_seconds}
 
     def save(self) -> Path:
         assert self.checkpoint is not None
@@ -310,6 +299,7 @@ class PBT:
         self.lineage = Lineage.from_dict(saved["lineage"])
         self.drawn = list(saved["population"]["drawn"])
         self.seconds_before = float(saved["seconds"])
+        self.checkpoint_seconds = float(saved.get("checkpoint_seconds", 0.0))
         version, internal, gauss = saved["rng"]
         self.rng.setstate((version, tuple(internal), gauss))
         torch.set_rng_state(saved["torch_rng"])
@@ -332,7 +322,46 @@ class PBT:
         return PBTResult(best, values, [dict(c) for c in self.configs], self.lineage,
                          self.pop.members, self.pop.evaluations, self.seconds_before,
                          self.step, self.exploits, self.pop.engine.mode, self.pop.note,
-                         self.notes, self.space, self.pop)
+                         self.notes, self.space, self.pop, self.checkpoint_seconds)
+
+
+def valid(space: MemberSpace, config: Mapping[str, Any], steps: int) -> bool:
+    """Whether ``config``'s schedule values make a valid schedule (always, without one)."""
+    try:
+        space.schedule_of(config, steps)
+    except ValueError:
+        return False
+    return True
+
+
+def initial_values(space: MemberSpace, population: int, steps: int, rng: random.Random,
+                   given: Sequence[Mapping[str, Any]] | None = None) -> list[dict[str, Any]]:
+    """Each member's starting values, drawn from ``space`` with ``rng`` (``given`` ones kept;
+    a draw whose schedule values make no valid schedule is drawn again)."""
+    if given is not None and len(given) != population:
+        raise ValueError(f"initial: {len(given)} members' values for population={population}")
+    out = []
+    for i in range(population):
+        for _ in range(SAMPLE_TRIES):
+            config = {**policy.sample(space.params, rng),
+                      **(dict(given[i]) if given is not None else {})}
+            if valid(space, config, steps):
+                break
+        else:
+            raise ValueError(f"member {i}: no valid schedule in {SAMPLE_TRIES} draws")
+        out.append(config)
+    return out
+
+
+def explore_move(space: MemberSpace, config: Mapping[str, Any], steps: int,
+                 rng: random.Random, *, resample: float, perturb: Sequence[float]
+                 ) -> dict[str, Any]:
+    """Explore from a source member's values (:func:`metaopt.pbt.policy.explore`), keeping
+    the source's own schedule values where the new ones make no valid schedule."""
+    new = policy.explore(config, space.params, rng, resample=resample, perturb=perturb)
+    if not valid(space, new, steps):
+        new.update({k: v for k, v in config.items() if k.startswith("schedule.")})
+    return new
 
 
 def _loop_only(optimizer: str) -> bool:
@@ -355,8 +384,16 @@ def _postfix(values: Sequence[float]) -> dict[str, Any]:
             "diverged": len(values) - len(finite)}
 
 
-def run_pbt(task: Any, *args: Any, **kwargs: Any) -> PBTResult:
+def run_pbt(task: Any, *args: Any, backend: str = "local", **kwargs: Any) -> PBTResult:
     """Population-based training of ``task``: ``PBT(task, ...).run()`` (see :class:`PBT` for
-    the arguments and the module docstring for the method)."""
+    the arguments and the module docstring for the method); ``backend="ray"``: through Ray
+    Tune, ``RayPBT(task, ...).run()`` (:mod:`metaopt.pbt.ray_tune`: ``address``,
+    ``storage_path``, ``cpus_per_member``)."""
+    if backend == "ray":
+        from metaopt.pbt.ray_tune import RayPBT
+
+        return RayPBT(task, *args, **kwargs).run()
+    if backend != "local":
+        raise ValueError(f"backend must be local or ray, got {backend!r}")
     return PBT(task, *args, **kwargs).run()
 

@@ -5,6 +5,8 @@ replaying the best member's discovered schedule), ``lineage.json``, the figures
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import math
 import warnings
 from pathlib import Path
@@ -13,9 +15,11 @@ from typing import Any
 import yaml
 
 from metaopt import runs
-from metaopt.pbt.lineage import plot_lineage, plot_trajectories
+from metaopt.pbt.lineage import Lineage, plot_lineage, plot_trajectories
 from metaopt.pbt.local import PBTResult
+from metaopt.pbt.space import MemberSpace
 from metaopt.report import format_value
+from metaopt.search.params import Categorical, Fixed, FloatParam, IntParam
 
 LINEAGE = "lineage.json"
 
@@ -50,7 +54,8 @@ def write_outputs(directory: Path, result: PBTResult, *, name: str, task: str, s
     ancestry = result.lineage.ancestry(best.member) if best is not None else None
     written.append(runs.write_json(directory / LINEAGE, {
         **result.lineage.as_dict(), "best": None if best is None else best.member,
-        "ancestry": ancestry}))
+        "ancestry": ancestry, "optimizer": result.space.optimizer,
+        "params": params_as_dict(result.space.params)}))
     figures = _figures(directory, result)
     diverged = sum(1 for iv in result.lineage.intervals for v in iv.values
                    if not math.isfinite(v))
@@ -66,12 +71,45 @@ def write_outputs(directory: Path, result: PBTResult, *, name: str, task: str, s
     return written
 
 
+def params_as_dict(params: dict[str, Any]) -> dict[str, Any]:
+    """The member space's parameters as JSON (``kind`` and the dataclass fields)."""
+    return {name: {"kind": type(p).__name__, **dataclasses.asdict(p)}
+            for name, p in params.items()}
+
+
+def params_from_dict(data: dict[str, Any]) -> dict[str, Any]:
+    kinds = {cls.__name__: cls for cls in (FloatParam, IntParam, Categorical, Fixed)}
+    out = {}
+    for name, fields in data.items():
+        fields = dict(fields)
+        cls = kinds[fields.pop("kind")]
+        if cls is Categorical:
+            fields["choices"] = tuple(fields["choices"])
+        out[name] = cls(**fields)
+    return out
+
+
+def redraw(directory: str | Path) -> list[tuple[str, Path]]:
+    """The run's figures drawn again from ``lineage.json`` (for ``metaopt report``)."""
+    directory = Path(directory)
+    data = json.loads((directory / LINEAGE).read_text())
+    lineage = Lineage.from_dict(data)
+    space = MemberSpace(data.get("optimizer", ""), params_from_dict(data.get("params", {})),
+                        {})
+    return _draw(directory, lineage, data.get("best"), space)
+
+
 def _figures(directory: Path, result: PBTResult) -> list[tuple[str, Path]]:
     best = result.best.member if result.best is not None else None
+    return _draw(directory, result.lineage, best, result.space)
+
+
+def _draw(directory: Path, lineage: Lineage, best: int | None,
+          space: MemberSpace) -> list[tuple[str, Path]]:
     out = []
     for title, draw in (
-            ("Lineage", lambda: plot_lineage(result.lineage, best, directory / "lineage.png")),
-            ("Hyperparameters", lambda: plot_trajectories(result.lineage, best, result.space,
+            ("Lineage", lambda: plot_lineage(lineage, best, directory / "lineage.png")),
+            ("Hyperparameters", lambda: plot_trajectories(lineage, best, space,
                                                            directory / "hparams.png"))):
         try:
             out.append((title, draw()))
