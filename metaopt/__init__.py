@@ -7,13 +7,14 @@
 - :func:`train` one model, :func:`train_population` many at once;
 - :func:`search` (:mod:`metaopt.search`): Optuna studies over optimizers, hyperparameters and
   schedules, trials trained together as populations;
-- :func:`pbt` (:mod:`metaopt.pbt`): population-based training, vectorised in one process.
+- :func:`pbt` (:mod:`metaopt.pbt`): population-based training, vectorised in one process;
+- :func:`select` (:mod:`metaopt.select`): the best optimizer for a task within a budget.
 """
 
-from metaopt import optim, pbt, schedules, search, tasks
+from metaopt import optim, pbt, schedules, search, select, tasks
 from metaopt.population import Population, PopulationResult, train_population
 from metaopt.train import TrainResult, train
 
-__all__ = ["optim", "pbt", "schedules", "search", "tasks", "train", "TrainResult",
+__all__ = ["optim", "pbt", "schedules", "search", "select", "tasks", "train", "TrainResult",
            "train_population", "Population", "PopulationResult"]
 __version__ = "0.1.0"

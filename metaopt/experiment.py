@@ -144,11 +144,15 @@ SECTIONS: dict[str, dict[str, Key]] = {
         "exploit": Key(one_of("truncation", "tournament", "none"), "truncation"),
         "deterministic": Key(BOOL, False),  # engine choices by rule, not by timing
         "backend": Key(one_of("local", "ray"), "local"),
-        "ray_address": Key(OPT_STRING),
+        "ray_address": Key(OPT_STRING),  # host:port, ray://host:port or auto; null: local
+        "storage_path": Key(OPT_STRING),  # Ray's trials and checkpoints (shared storage)
     },
     "select": {
-        "candidates": Key(NAMES),
-        "budget": Key(POS_INT, 40000),
+        "candidates": Key(NAMES),  # default: metaopt.select's portfolio
+        "budget": Key(POS_INT),  # gradient evaluations; default: 24 full trainings' worth
+        "tune": Key(BOOL, True),  # spend what the rounds leave on a short tune of the winner
+        "warm_start": Key(BOOL, True),  # from the results store (experiments/results/)
+        "store": Key(OPT_STRING),  # another results-store folder
     },
 }
 

@@ -16,6 +16,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
              "Optuna, trials trained together as populations"),
     "dashboard": ("metaopt.commands.dashboard", "serve a tune run's study in optuna-dashboard"),
     "pbt": ("metaopt.commands.pbt", "population-based training: exploit and explore, vectorised"),
+    "select": ("metaopt.commands.select", "pick the best optimizer, hyperparameters and schedule "
+               "for a task within a budget"),
 }
 
 

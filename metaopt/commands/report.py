@@ -1,7 +1,8 @@
 """``metaopt report RUN_DIR``: (re)render a run's figures and report.md.
 
 A tune run (``summary.json`` with ``command: tune``) is rendered from its Optuna study by
-:func:`metaopt.search.report.write_report`; every other run by :func:`metaopt.report.render`.
+:func:`metaopt.search.report.write_report`, a select run from its ``selection.json`` by
+:func:`metaopt.select.report.write_report`; every other run by :func:`metaopt.report.render`.
 """
 
 from __future__ import annotations
@@ -23,9 +24,12 @@ def run(args: argparse.Namespace) -> int:
     if not (Path(args.run_dir) / "summary.json").exists():
         raise ExperimentError(args.run_dir, "summary.json", "a run directory written by a "
                               "metaopt command")
-    if runs.read_summary(args.run_dir).get("command") == "tune":
-        from metaopt.search.report import write_report
+    command = runs.read_summary(args.run_dir).get("command")
+    if command in ("tune", "select"):
+        from metaopt.search.report import write_report as tune_report
+        from metaopt.select.report import write_report as select_report
 
+        write_report = tune_report if command == "tune" else select_report
         print(f"wrote {write_report(Path(args.run_dir))}")
         return 0
     print(f"wrote {render(args.run_dir)}")

@@ -308,7 +308,7 @@ class Search:
         try:
             pop = Population(self.task, optimizer, [s.config.hparams for s in slots],
                              seeds=[self.seed] * len(slots), device=self.device,
-                             engine="loop" if _loop_only(optimizer) else "auto")
+                             engine="loop" if loop_only(optimizer) else "auto")
         except (ValueError, TypeError, RuntimeError) as err:
             for s in slots:
                 self._finish(s, TrialState.FAIL, reason=f"could not build the population: {err}")
@@ -378,7 +378,7 @@ class Search:
         return slot
 
 
-def _loop_only(optimizer: str) -> bool:
+def loop_only(optimizer: str) -> bool:
     cls = optim.lookup(optimizer)
     return bool(getattr(cls, "needs_closure", False) or getattr(cls, "needs_model", False)
                 or not getattr(cls, "supports_population", True))
