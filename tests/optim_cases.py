@@ -131,7 +131,46 @@ BEYOND_TORCH_CASES: list[Case] = [
          quadratic={"lr": 0.05}, torch_twin=False),
 ]
 
-CASES = TORCH_CASES + BEYOND_TORCH_CASES  # every optimizer: invariants and populations
+# Learning-rate-free optimizers (parity with the authors' packages: test_optim_lr_free.py).
+INF = float("inf")
+LR_FREE_CASES: list[Case] = [
+    Case("prodigy", [{}, {"weight_decay": 0.1, "use_bias_correction": True},
+                     {"decouple": False, "weight_decay": 0.05, "safeguard_warmup": True},
+                     {"betas": (0.5, 0.9), "beta3": 0.8, "d_coef": 0.5, "growth_rate": 1.1,
+                      "lr": T(0.5)}],
+         members={"lr": [1.0, 0.5, 2.0], "betas": ([0.9, 0.5, 0.0], [0.999, 0.9, 0.99]),
+                  "weight_decay": [0.0, 0.1, 0.01], "d0": [1e-6, 1e-4, 1e-3],
+                  "d_coef": [1.0, 0.5, 2.0], "growth_rate": [INF, 1.1, 2.0]},
+         quadratic={}, torch_twin=False),
+    Case("dadapt_adam", [{}, {"weight_decay": 0.1, "decouple": True},
+                         {"use_bias_correction": True, "betas": (0.5, 0.9), "eps": 1e-4},
+                         {"growth_rate": 1.05, "d0": 1e-3, "lr": T(0.5), "layer_scale": 2.0}],
+         members={"lr": [1.0, 0.5, 2.0], "betas": ([0.9, 0.5, 0.0], [0.999, 0.9, 0.99]),
+                  "weight_decay": [0.0, 0.1, 0.01], "d0": [1e-6, 1e-4, 1e-3],
+                  "growth_rate": [INF, 1.1, 2.0], "layer_scale": [1.0, 0.5, 2.0]},
+         quadratic={}, torch_twin=False),
+    Case("dadapt_sgd", [{}, {"momentum": 0.9}, {"momentum": 0.5, "weight_decay": 0.1},
+                        {"growth_rate": 1.1, "d0": 1e-3, "lr": T(0.5)}],
+         members={"lr": [1.0, 0.5, 2.0], "momentum": [0.0, 0.5, 0.9],
+                  "weight_decay": [0.0, 0.1, 0.01], "d0": [1e-6, 1e-4, 1e-3],
+                  "growth_rate": [INF, 1.1, 2.0]},
+         quadratic={"momentum": 0.9}, quadratic_steps=600, torch_twin=False),
+    Case("schedulefree_adamw", [{}, {"lr": 0.01, "weight_decay": 0.1},
+                                {"warmup_steps": 3, "r": 0.5, "weight_lr_power": 1.0},
+                                {"betas": (0.5, 0.99), "eps": 1e-4, "lr": T(0.02)}],
+         members={"lr": [0.0025, 0.01, 0.05], "betas": ([0.9, 0.5, 0.95], [0.999, 0.9, 0.99]),
+                  "weight_decay": [0.0, 0.1, 0.01], "warmup_steps": [0, 3, 5],
+                  "r": [0.0, 0.5, 1.0], "weight_lr_power": [2.0, 1.0, 0.0]},
+         quadratic={"lr": 0.1}, torch_twin=False),
+    Case("schedulefree_sgd", [{}, {"lr": 0.1, "momentum": 0.5, "weight_decay": 0.1},
+                              {"warmup_steps": 3, "r": 1.0, "lr": T(0.2)}],
+         members={"lr": [0.05, 0.1, 0.2], "momentum": [0.9, 0.5, 0.95],
+                  "weight_decay": [0.0, 0.1, 0.01], "warmup_steps": [0, 3, 5],
+                  "r": [0.0, 0.5, 1.0], "weight_lr_power": [2.0, 1.0, 0.0]},
+         quadratic={"lr": 0.1}, torch_twin=False),
+]
+
+CASES = TORCH_CASES + BEYOND_TORCH_CASES + LR_FREE_CASES  # every optimizer: invariants, populations
 BY_NAME = {c.name: c for c in CASES}
 
 

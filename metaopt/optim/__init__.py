@@ -11,16 +11,28 @@ from metaopt.optim.adagrad import Adagrad
 from metaopt.optim.adam import Adam, AdamW
 from metaopt.optim.adamax import Adamax
 from metaopt.optim.composite import Composite
+from metaopt.optim.dadapt import DAdaptAdam, DAdaptSGD
 from metaopt.optim.groups import muon_groups, weight_decay_groups
 from metaopt.optim.lamb import LAMB
 from metaopt.optim.lion import Lion
 from metaopt.optim.lookahead import Lookahead, create_lookahead
+from metaopt.optim.modes import evaluating, train_mode
 from metaopt.optim.muon import Muon
 from metaopt.optim.nadam import NAdam
 from metaopt.optim.optimizer import MetaOptimizer
+from metaopt.optim.prodigy import Prodigy
 from metaopt.optim.radam import RAdam
-from metaopt.optim.registry import create, factory, hyperparameters, lookup, names, register
+from metaopt.optim.registry import (
+    create,
+    factory,
+    hyperparameters,
+    lookup,
+    names,
+    register,
+    schedule_free,
+)
 from metaopt.optim.rmsprop import RMSprop
+from metaopt.optim.schedulefree import AdamWScheduleFree, SGDScheduleFree
 from metaopt.optim.sgd import SGD
 
 for _cls in (SGD, Adagrad, RMSprop, Adam, AdamW, Adamax, NAdam, RAdam, Adadelta, Adafactor,
@@ -29,6 +41,12 @@ for _cls in (SGD, Adagrad, RMSprop, Adam, AdamW, Adamax, NAdam, RAdam, Adadelta,
 for _cls in (AdaBound, LAMB, Lion):
     register(_cls.__name__.lower(), _cls)
 register("lookahead", create_lookahead)
+# learning-rate-free: Prodigy, D-Adaptation (lr a multiplier around 1.0) and Schedule-Free
+# (its averaging replaces the schedule: never a decaying one, see registry.schedule_free)
+for _name, _cls in (("prodigy", Prodigy), ("dadapt_adam", DAdaptAdam), ("dadapt_sgd", DAdaptSGD),
+                    ("schedulefree_adamw", AdamWScheduleFree),
+                    ("schedulefree_sgd", SGDScheduleFree)):
+    register(_name, _cls)
 
 __all__ = [
     "SGD", "Adagrad", "RMSprop", "Adam", "AdamW", "Adamax", "NAdam", "RAdam", "Adadelta",
@@ -36,4 +54,6 @@ __all__ = [
     "lookup", "names", "register",
     "muon_groups", "weight_decay_groups",
     "AdaBound", "LAMB", "Lion", "Lookahead",
+    "Prodigy", "DAdaptAdam", "DAdaptSGD", "AdamWScheduleFree", "SGDScheduleFree",
+    "schedule_free", "evaluating", "train_mode",
 ]

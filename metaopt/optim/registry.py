@@ -65,6 +65,14 @@ def create(name: str, params: Iterable, **hparams: Any) -> torch.optim.Optimizer
         raise ValueError(f"optimizer {name!r}: {err}") from None
 
 
+def schedule_free(optimizer: str | Factory) -> bool:
+    """Whether optimizer ``optimizer`` (a registry name or a class) must never be given a
+    decaying schedule: Schedule-Free methods, whose weight averaging replaces the schedule
+    (class attribute ``schedule_free = True``). Constant schedules and warm-up are fine."""
+    cls = lookup(optimizer) if isinstance(optimizer, str) else optimizer
+    return bool(getattr(cls, "schedule_free", False))
+
+
 def factory(optimizer: str | Factory) -> Factory:
     """A registry name or a factory ``(params, **hparams) -> optimizer``, as a factory (an
     unknown name fails here, before any work)."""
