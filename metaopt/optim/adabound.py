@@ -59,16 +59,16 @@ def update(p: Tensor, g: Tensor, s: State, c: Mapping[str, Tensor],
            opts: Mapping[str, Any]) -> None:
     """m = β1 m + (1-β1) g; v = β2 v + (1-β2) g²;
     p -= clip(lr·√(1-β2ᵗ)/(1-β1ᵗ) / (√v + eps), η_l(t), η_u(t)) · m (max(v) under amsbound)."""
-    g = g + c["weight_decay"] * p
+    g = torch.addcmul(g, p, c["weight_decay"])
     exp_avg, exp_avg_sq = s["exp_avg"], s["exp_avg_sq"]
     exp_avg.lerp_(g, c["one_minus_beta1"])
-    exp_avg_sq.mul_(c["beta2"]).add_(c["one_minus_beta2"] * g * g)
+    exp_avg_sq.mul_(c["beta2"]).addcmul_(torch.mul(g, c["one_minus_beta2"]), g)
     second = exp_avg_sq
     if opts["amsbound"]:
         second = torch.maximum(s["max_exp_avg_sq"], exp_avg_sq, out=s["max_exp_avg_sq"])
-    denom = second.sqrt().add_(c["eps"])
-    rate = (c["step_size"] / denom).clamp_(c["lower"], c["upper"])
-    p.sub_(rate * exp_avg)
+    rate = second.sqrt().add_(c["eps"])
+    rate = torch.div(c["step_size"], rate, out=rate).clamp_(c["lower"], c["upper"])
+    p.sub_(rate.mul_(exp_avg))
 
 
 class AdaBound(MetaOptimizer):

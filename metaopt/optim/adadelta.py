@@ -22,20 +22,20 @@ def init(param: Tensor, hp: Mapping[str, Tensor], opts: Mapping[str, Any]) -> St
 
 def coefficients(hp: Mapping[str, Tensor], counters: dict, opts: Mapping[str, Any]) -> dict:
     counters["step"].add_(1)
-    return {"lr": hp["lr"], "rho": hp["rho"], "one_minus_rho": 1 - hp["rho"], "eps": hp["eps"],
+    return {"neg_lr": -hp["lr"], "rho": hp["rho"], "one_minus_rho": 1 - hp["rho"], "eps": hp["eps"],
             "weight_decay": hp["weight_decay"]}
 
 
 def update(p: Tensor, g: Tensor, s: State, c: Mapping[str, Tensor],
            opts: Mapping[str, Any]) -> None:
     """Δ = √(E[Δ²] + eps) / √(E[g²] + eps) · g; p -= lr Δ."""
-    g = g + c["weight_decay"] * p
+    g = torch.addcmul(g, p, c["weight_decay"])
     square_avg, acc_delta = s["square_avg"], s["acc_delta"]
-    square_avg.mul_(c["rho"]).add_(c["one_minus_rho"] * g * g)
-    std = square_avg.add(c["eps"]).sqrt_()
-    delta = acc_delta.add(c["eps"]).sqrt_().div_(std).mul_(g)
-    acc_delta.mul_(c["rho"]).add_(c["one_minus_rho"] * delta * delta)
-    p.sub_(c["lr"] * delta)
+    square_avg.mul_(c["rho"]).addcmul_(torch.mul(g, c["one_minus_rho"]), g)
+    std = torch.add(square_avg, c["eps"]).sqrt_()
+    delta = torch.add(acc_delta, c["eps"]).sqrt_().div_(std).mul_(g)
+    acc_delta.mul_(c["rho"]).addcmul_(torch.mul(delta, c["one_minus_rho"], out=std), delta)
+    p.addcmul_(delta, c["neg_lr"])
 
 
 class Adadelta(MetaOptimizer):

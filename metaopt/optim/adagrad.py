@@ -8,7 +8,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from metaopt.optim.elementwise import per_parameter
+from metaopt.optim.elementwise import counter, per_parameter, row, torch_fused
 from metaopt.optim.hyperparams import Hyper
 from metaopt.optim.members import new_step, per_member
 from metaopt.optim.optimizer import MetaOptimizer, State
@@ -23,16 +23,33 @@ def init(param: Tensor, hp: Mapping[str, Tensor], opts: Mapping[str, Any]) -> St
 def coefficients(hp: Mapping[str, Tensor], counters: dict, opts: Mapping[str, Any]) -> dict:
     step = counters["step"].add_(1)
     return {"weight_decay": hp["weight_decay"], "eps": hp["eps"],
-            "clr": hp["lr"] / (1 + (step - 1) * hp["lr_decay"])}
+            "neg_clr": -(hp["lr"] / (1 + (step - 1) * hp["lr_decay"]))}
 
 
 def update(p: Tensor, g: Tensor, s: State, c: Mapping[str, Tensor],
            opts: Mapping[str, Any]) -> None:
     """sum += g²; p -= lr / (1 + (t - 1) lr_decay) * g / (√sum + eps)."""
-    g = g + c["weight_decay"] * p
+    g = torch.addcmul(g, p, c["weight_decay"])
     s["sum"].addcmul_(g, g)
     std = s["sum"].sqrt().add_(c["eps"])
-    p.sub_(c["clr"] * (g / std))
+    p.addcmul_(g.div_(std), c["neg_clr"])
+
+
+def fused_rows(bucket: Any, grad: Tensor, hp: Mapping[str, Tensor],
+               opts: Mapping[str, Any]) -> bool:
+    """The eager backend's fast path on CPU: torch's fused Adagrad kernel over the flat
+    buffer (per member row for a population of large members; see :func:`torch_fused`)."""
+    calls = torch_fused(bucket, hp, ("lr", "lr_decay", "weight_decay", "eps"))
+    if calls is None:
+        return False
+    bucket.state["step"].add_(1)  # every parameter's counter row advances together
+    for i, v in calls:
+        torch._fused_adagrad_([row(bucket.param, i)], [row(grad, i)],
+                              [row(bucket.state["sum"], i)], [counter(bucket, "step", i)],
+                              lr=v["lr"], lr_decay=v["lr_decay"],
+                              weight_decay=v["weight_decay"], eps=v["eps"],
+                              maximize=opts.get("maximize", False))
+    return True
 
 
 class Adagrad(MetaOptimizer):
@@ -44,6 +61,7 @@ class Adagrad(MetaOptimizer):
     coefficients = staticmethod(coefficients)
     update = staticmethod(update)
     rule = staticmethod(per_parameter(coefficients, update))
+    fused_rows = staticmethod(fused_rows)
     flat_ok = True
 
     def __init__(self, params, lr: float | Tensor = 1e-2, lr_decay: float = 0,

@@ -8,7 +8,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from metaopt.optim.elementwise import per_parameter
+from metaopt.optim.elementwise import counter, per_parameter, row, torch_fused
 from metaopt.optim.hyperparams import Hyper
 from metaopt.optim.members import new_step
 from metaopt.optim.optimizer import MetaOptimizer, State
@@ -38,7 +38,7 @@ def apply_weight_decay(p: Tensor, g: Tensor, c: Mapping[str, Tensor]) -> Tensor:
     if "decay" in c:
         p.mul_(c["decay"])
         return g
-    return g + c["l2"] * p
+    return torch.addcmul(g, p, c["l2"])
 
 
 def moment_coefficients(hp: Mapping[str, Tensor]) -> dict[str, Tensor]:
@@ -49,13 +49,13 @@ def moment_coefficients(hp: Mapping[str, Tensor]) -> dict[str, Tensor]:
 def update_moments(g: Tensor, s: State, c: Mapping[str, Tensor]) -> None:
     """m = β1 m + (1-β1) g; v = β2 v + (1-β2) g² (as torch: a lerp, then mul and add)."""
     s["exp_avg"].lerp_(g, c["one_minus_beta1"])
-    s["exp_avg_sq"].mul_(c["beta2"]).add_(c["one_minus_beta2"] * g * g)
+    s["exp_avg_sq"].mul_(c["beta2"]).addcmul_(torch.mul(g, c["one_minus_beta2"]), g)
 
 
 def coefficients(hp: Mapping[str, Tensor], counters: dict, opts: Mapping[str, Any]) -> dict:
     step = counters["step"].add_(1)
     return {**decay_coefficients(hp, opts["decoupled_weight_decay"]), **moment_coefficients(hp),
-            "step_size": hp["lr"] / (1 - hp["beta1"] ** step),
+            "neg_step_size": -(hp["lr"] / (1 - hp["beta1"] ** step)),
             "bias_correction2_sqrt": (1 - hp["beta2"] ** step).sqrt()}
 
 
@@ -67,43 +67,29 @@ def update(p: Tensor, g: Tensor, s: State, c: Mapping[str, Tensor],
     second = s["exp_avg_sq"]
     if opts["amsgrad"]:
         second = torch.maximum(s["max_exp_avg_sq"], second, out=s["max_exp_avg_sq"])
-    denom = (second.sqrt() / c["bias_correction2_sqrt"]).add_(c["eps"])
-    p.sub_(c["step_size"] * (s["exp_avg"] / denom))
-
-
-FUSED_ROW_MIN = 1 << 15  # a population's rows are worth one fused call each from this size
-
-
-def _row(t: Tensor, i: int | None) -> Tensor:
-    return t if i is None else t[i]
+    denom = second.sqrt().div_(c["bias_correction2_sqrt"]).add_(c["eps"])
+    p.addcmul_(torch.div(s["exp_avg"], denom, out=denom), c["neg_step_size"])
 
 
 def fused_rows(bucket: Any, grad: Tensor, hp: Mapping[str, Tensor],
                opts: Mapping[str, Any]) -> bool:
     """The eager backend's fast path on CPU: torch's own fused Adam/AdamW kernel over the flat
     buffer (once for a single model; once per member row for a population with large members,
-    each row with its member's hyperparameter values). Returns False where it doesn't apply
-    (small members: the generic elementwise ops win there)."""
-    param = bucket.param
-    step = bucket.state["step"]
-    if param.device.type != "cpu" or step.dtype != torch.float32:
+    each row with its member's hyperparameter values; see :func:`torch_fused`)."""
+    if bucket.state["step"].dtype != torch.float32:
         return False
-    population = bucket.population
-    if population is not None and param.shape[-1] < FUSED_ROW_MIN:
+    calls = torch_fused(bucket, hp, ("lr", "beta1", "beta2", "eps", "weight_decay"))
+    if calls is None:
         return False
-    step.add_(1)  # every parameter's counter row advances together
-    values = {k: hp[k].tolist() for k in ("lr", "beta1", "beta2", "eps", "weight_decay")}
+    bucket.state["step"].add_(1)  # every parameter's counter row advances together
     kernel = torch._fused_adamw_ if opts["decoupled_weight_decay"] else torch._fused_adam_
-    rows = range(population) if population is not None else [None]
-    amsgrad = opts["amsgrad"]
-    for i in rows:
-        scalar = {k: (v if i is None else v[i]) for k, v in values.items()}
-        kernel([_row(param, i)], [_row(grad, i)], [_row(bucket.state["exp_avg"], i)],
-               [_row(bucket.state["exp_avg_sq"], i)],
-               [_row(bucket.state["max_exp_avg_sq"], i)] if amsgrad else [],
-               [step[0] if i is None else step[0, i]], lr=scalar["lr"],
-               beta1=scalar["beta1"], beta2=scalar["beta2"],
-               weight_decay=scalar["weight_decay"], eps=scalar["eps"], amsgrad=amsgrad,
+    amsgrad, state = opts["amsgrad"], bucket.state
+    for i, v in calls:
+        kernel([row(bucket.param, i)], [row(grad, i)], [row(state["exp_avg"], i)],
+               [row(state["exp_avg_sq"], i)],
+               [row(state["max_exp_avg_sq"], i)] if amsgrad else [],
+               [counter(bucket, "step", i)], lr=v["lr"], beta1=v["beta1"], beta2=v["beta2"],
+               weight_decay=v["weight_decay"], eps=v["eps"], amsgrad=amsgrad,
                maximize=opts.get("maximize", False))
     return True
 

@@ -3,19 +3,27 @@
 - ``reference``: the rule once per parameter, eagerly: the readable oracle, and the only path
   for rules that can't run on flat buffers (``flat_ok = False``: norms of whole matrices,
   matmuls).
-- ``eager``: ``flat_ok`` rules (elementwise, or LAMB's segmented per-tensor sums) once per flat
-  bucket (see :mod:`metaopt.optim.flat`): a handful
-  of large kernels instead of a handful per parameter; no compiler involved.
-- ``compiled``: the same flat call under ``torch.compile(dynamic=True)``: one fused kernel per
-  bucket, compiled once for every model size; changing a hyperparameter's value never
-  recompiles (values are tensors). Falls back to ``eager``, with a warning, where compilation
-  is unavailable.
-- ``auto``: ``eager`` for ``flat_ok`` rules, switching to ``compiled`` once a group of at
-  least ``COMPILE_MIN_NUMEL`` elements has spent ``COMPILE_AFTER_SECONDS`` in eager updates
-  (ski rental: pay rent until it has cost what buying would, then buy — never worse than twice
-  the better choice in hindsight). Small or short jobs (tests, probes, the demo, a 300-step
-  population) never wait for a compiler; long ones end up fused. ``reference`` for the rest.
-  :class:`Runner` is this policy, for any stream of kernels (the learned optimizer's too).
+- ``eager``: ``flat_ok`` rules (elementwise, or LAMB's segmented per-tensor sums) over flat
+  buckets (see :mod:`metaopt.optim.flat`), no compiler involved. torch's own fused kernel runs
+  where it computes the same algorithm (an algorithm's ``fused_rows``: SGD, Adagrad, Adam,
+  AdamW on CPU); otherwise the rule's in-place ``update`` runs over the bucket in chunks of at
+  most :func:`chunk_numel` elements, so no temporary exceeds a quarter of
+  ``max(2¹⁸, numel / 16)`` elements (:func:`temporary_bound`) and at most four are alive.
+- ``compiled``: the same update over the whole bucket under ``torch.compile(dynamic=True)``:
+  one fused kernel per bucket, compiled once for every model size; changing a
+  hyperparameter's value never recompiles (values are tensors). Falls back to ``eager``, with
+  a warning, where compilation is unavailable.
+- ``auto``: ``eager`` from the first step, for every size and device, and it never compiles:
+  the in-place eager path is at torch's fused/foreach speed (``benchmarks/optim_step.py``), so
+  no step ever waits for a compiler and no choice depends on timing (a resumed or
+  ``deterministic`` run takes the same path by rule). ``reference`` for rules that aren't
+  ``flat_ok``. Ask for ``compiled`` explicitly for long runs of the few rules where it
+  measures faster (LAMB).
+
+:class:`Runner` also serves streams of kernels outside the optimizer core (the learned
+optimizer's per-coordinate step), where ``auto`` may rent: eager, timing calls on at least
+``COMPILE_MIN_NUMEL`` elements until they have cost ``COMPILE_AFTER_SECONDS``, compiled from
+then on (``rent=False``, as the optimizer core builds its runners, never switches).
 """
 
 from __future__ import annotations
@@ -23,7 +31,7 @@ from __future__ import annotations
 import functools
 import time
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import torch
@@ -33,6 +41,8 @@ from metaopt.optim.elementwise import Segments, as_blocks, broadcast, segmented_
 BACKENDS = ("auto", "reference", "eager", "compiled")
 COMPILE_MIN_NUMEL = 1 << 20
 COMPILE_AFTER_SECONDS = 10.0  # about a cold compile on a 2-core CPU
+TEMPORARY_FLOOR = 1 << 18  # elements: no temporary above max(this, numel / 16)
+MAX_LIVE_TEMPORARIES = 4  # chunk-sized temporaries an update may hold at once
 
 
 def check(backend: str) -> str:
@@ -46,15 +56,29 @@ def uses_flat(backend: str, flat_ok: bool) -> bool:
     return check(backend) != "reference" and flat_ok
 
 
+def temporary_bound(numel: int) -> int:
+    """The largest temporary (elements) one eager step of a ``numel`` bucket may allocate."""
+    return max(TEMPORARY_FLOOR, -(-numel // 16))
+
+
+def chunk_numel(numel: int) -> int:
+    """Elements per chunk of the eager flat update: up to ``MAX_LIVE_TEMPORARIES`` chunk-sized
+    temporaries alive at once stay within :func:`temporary_bound`."""
+    return temporary_bound(numel) // MAX_LIVE_TEMPORARIES
+
+
 class Runner:
     """Runs one stream of kernels (a param group's flat updates, a learned optimizer's
-    per-coordinate step) the way ``backend`` says: ``eager``, ``compiled``, or ``auto``'s ski
-    rental (eager, timing calls on at least ``COMPILE_MIN_NUMEL`` elements, until they have
-    cost ``COMPILE_AFTER_SECONDS``; compiled from then on). A compilation that fails (no C++
-    compiler, an unsupported platform) warns once and leaves the stream eager for good."""
+    per-coordinate step) the way ``backend`` says: ``eager``, ``compiled``, or, for ``auto``
+    with ``rent=True``, ski rental (eager, timing calls on at least ``COMPILE_MIN_NUMEL``
+    elements, until they have cost ``COMPILE_AFTER_SECONDS``; compiled from then on). With
+    ``rent=False`` (the optimizer core's runners) ``auto`` stays eager. A compilation that
+    fails (no C++ compiler, an unsupported platform) warns once and leaves the stream eager
+    for good."""
 
-    def __init__(self, backend: str) -> None:
+    def __init__(self, backend: str, rent: bool = True) -> None:
         self.backend = check(backend)
+        self.rent = rent
         self.mode = "compiled" if backend == "compiled" else "eager"
         self.eager_seconds = 0.0
 
@@ -70,7 +94,8 @@ class Runner:
                               f"{str(err).splitlines()[0][:200]}); using the eager backend",
                               stacklevel=3)
                 self.backend, self.mode = "eager", "eager"
-        renting = self.backend == "auto" and numel >= COMPILE_MIN_NUMEL
+        renting = (self.rent and self.backend == "auto"
+                   and numel >= COMPILE_MIN_NUMEL)
         start = time.perf_counter() if renting else 0.0
         out = eager()
         if renting:
@@ -121,19 +146,57 @@ def _prepare(algorithm: Any, bucket: Any, grad, hp, opts: dict[str, Any]) -> tup
     return param, grad, state, broadcast(coefficients, param), opts, segments
 
 
+def chunks(length: int, rows: int, per_chunk: int, unit: int = 1) -> Iterator[slice]:
+    """Slices of ``length`` positions (each ``rows × unit`` elements) of at most ``per_chunk``
+    elements each (at least one position)."""
+    step = max(1, per_chunk // (rows * unit))
+    for start in range(0, length, step):
+        yield slice(start, min(start + step, length))
+
+
+def _eager_chunked(algorithm: Any, param, grad, state, c, opts, segments) -> None:
+    """The rule's in-place update, chunk by chunk along the flat dimension (the last one; the
+    block dimension of a segmented rule), so every temporary is chunk-sized."""
+    maximize = opts.get("maximize", False)
+    per_chunk = chunk_numel(param.numel())
+    if segments is None:
+        rows = param[..., 0].numel()
+        for cut in chunks(param.shape[-1], rows, per_chunk):
+            g = grad[..., cut]
+            algorithm.update(param[..., cut], -g if maximize else g,
+                             {k: v[..., cut] for k, v in state.items()}, c, opts)
+        return
+    rows, block = param[..., 0, 0].numel(), param.shape[-1]
+    cuts = list(chunks(param.shape[-2], rows, per_chunk, block))
+
+    def parts(cut):
+        g = grad[..., cut, :]
+        return (param[..., cut, :], -g if maximize else g,
+                {k: v[..., cut, :] for k, v in state.items()})
+
+    sums = [algorithm.measure(*parts(cut), c, opts) for cut in cuts]
+    totals = [segments.total(torch.cat(parts_, dim=-1)) for parts_ in zip(*sums)]
+    factor = segments.spread(algorithm.combine(*totals))
+    for cut in cuts:
+        algorithm.apply(*parts(cut), c, opts, factor[..., cut, :])
+
+
 def run_flat(algorithm: Any, runner: Runner, bucket: Any, grad, hp,
              opts: dict[str, Any]) -> None:
     """One step of ``algorithm`` (a class with ``coefficients`` and ``update``) on a flat
     bucket: the coefficients eagerly (a few 0-d or ``[P]`` ops, computed once even when a
-    compilation fails), the elementwise update as ``runner`` says. Eagerly, an algorithm's
-    ``fused_rows`` (torch's own fused kernel) goes first where it applies."""
-    fused, numel = getattr(algorithm, "fused_rows", None), bucket.param.numel()
-    if runner.mode == "eager" and fused is not None and runner.run(
-            lambda: fused(bucket, grad, hp, opts), None, numel):
+    compilation fails), the elementwise update as ``runner`` says: compiled over the whole
+    bucket, or eagerly: an algorithm's ``fused_rows`` (torch's own fused kernel) where it
+    applies, else the in-place update in chunks. ``auto`` never compiles here."""
+    fused = getattr(algorithm, "fused_rows", None)
+    if runner.mode == "eager" and fused is not None and fused(bucket, grad, hp, opts):
         return
     args = _prepare(algorithm, bucket, grad, hp, opts)
-    runner.run(lambda: _update(algorithm, _eager, *args),
-               lambda: _update(algorithm, compiled, *args), numel)
+    if runner.mode == "compiled":
+        runner.run(lambda: _eager_chunked(algorithm, *args),
+                   lambda: _update(algorithm, compiled, *args), bucket.param.numel())
+    else:
+        _eager_chunked(algorithm, *args)
 
 
 def is_compile_error(err: Exception) -> bool:

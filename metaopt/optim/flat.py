@@ -15,6 +15,7 @@ into the flat gradient so ``backward`` accumulates straight into it. Per-paramet
 
 from __future__ import annotations
 
+import itertools
 import warnings
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -37,24 +38,42 @@ class Bucket:
         first = params[0]
         sizes = [(p[0] if population else p).numel() for p in params]
         spans = [-(-n // align) * align for n in sizes]  # each parameter starts on a boundary
-        self.offsets = [sum(spans[:i]) for i in range(len(spans))]
+        self.offsets = [0, *itertools.accumulate(spans)][:-1]
         self.sizes = sizes
-        self.block_owner = torch.repeat_interleave(
-            torch.arange(len(params)), torch.tensor(spans) // align).to(first.device)
+        self.spans = spans
         shape = (population, sum(spans)) if population else (sum(spans),)
-        self.param = torch.zeros(shape, dtype=first.dtype, device=first.device)
-        self.grad = torch.zeros_like(self.param)
+        # empty, not zeros: every element is written once below (a second pass over fresh
+        # pages costs as much as the copy)
+        self.param = torch.empty(shape, dtype=first.dtype, device=first.device)
+        self.grad = torch.empty_like(self.param)
         self.state: dict[str, Tensor] = {}
+        self.ready = False  # init_state has run
         with torch.no_grad():
             for i, p in enumerate(params):
+                o, n = self.offsets[i], sizes[i]
+                if spans[i] > n:  # alignment padding stays zero
+                    self.param[..., o + n:o + spans[i]].zero_()
+                    self.grad[..., o + n:o + spans[i]].zero_()
                 view = self.view(self.param, p, i)
                 view.copy_(p.data)
                 grad = p.grad
                 p.data = view
                 if grad is not None:
                     p.grad = self.view(self.grad, p, i).copy_(grad)
+                else:
+                    self.view(self.grad, p, i).zero_()
         self._ptrs = [p.data_ptr() for p in params]
         self.grad_views = [self.view(self.grad, p, i) for i, p in enumerate(params)]
+
+    @property
+    def block_owner(self) -> Tensor:
+        """Which parameter owns each ``align``-sized block (``[n_blocks]``; segmented rules)."""
+        owner = getattr(self, "_block_owner", None)
+        if owner is None:
+            owner = torch.repeat_interleave(torch.arange(len(self.params)),
+                                            torch.tensor(self.spans) // self.align)
+            owner = self._block_owner = owner.to(self.param.device)
+        return owner
 
     def view(self, flat: Tensor, p: Tensor, i: int) -> Tensor:
         """The slice of ``flat`` that holds parameter ``p`` (the ``i``-th), shaped like it."""
@@ -99,6 +118,7 @@ class Bucket:
                                else value.unsqueeze(0).repeat(n, *([1] * value.dim())))
         if any(per_param):
             self._adopt(per_param)
+        self.ready = True
         self.uniform = all(torch.equal(self.state[k][0].expand_as(self.state[k]),
                                        self.state[k]) for k in self.scalar_keys)
         for i, (p, state) in enumerate(zip(self.params, per_param)):

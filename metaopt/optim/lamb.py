@@ -37,27 +37,28 @@ def coefficients(hp: Mapping[str, Tensor], counters: dict, opts: Mapping[str, An
     return c
 
 
-def moments(g: Tensor, s: State, c: Mapping[str, Tensor]) -> tuple[Tensor, Tensor]:
-    """The new moments m = β1 m + (1-β1) g and v = β2 v + (1-β2) g², not yet stored."""
-    m = s["exp_avg"].lerp(g, c["one_minus_beta1"])
-    v = s["exp_avg_sq"] * c["beta2"] + c["one_minus_beta2"] * g * g
-    return m, v
-
-
-def direction(p: Tensor, m: Tensor, v: Tensor, c: Mapping[str, Tensor],
-              opts: Mapping[str, Any]) -> Tensor:
-    """u = m̂ / (√v̂ + eps) + wd·p, with m̂ = m/(1-β1ᵗ), v̂ = v/(1-β2ᵗ) (or m, v as they are)."""
+def direction(p: Tensor, s: State, c: Mapping[str, Tensor], opts: Mapping[str, Any]) -> Tensor:
+    """u = m̂ / (√v̂ + eps) + wd·p, with m̂ = m/(1-β1ᵗ), v̂ = v/(1-β2ᵗ) (or m, v as they are),
+    from the stored (already updated) moments: a new tensor."""
+    m, v = s["exp_avg"], s["exp_avg_sq"]
     if opts["bias_correction"]:
-        m, v = m / c["bias_correction1"], v / c["bias_correction2"]
-    return m / (v.sqrt() + c["eps"]) + c["weight_decay"] * p
+        denom = torch.div(v, c["bias_correction2"]).sqrt_().add_(c["eps"])
+        u = torch.div(m, c["bias_correction1"]).div_(denom)
+    else:
+        denom = v.sqrt().add_(c["eps"])
+        u = torch.div(m, denom, out=denom)
+    return u.addcmul_(p, c["weight_decay"])
 
 
 def measure(p: Tensor, g: Tensor, s: State, c: Mapping[str, Tensor],
             opts: Mapping[str, Any]) -> tuple[Tensor, Tensor]:
-    """Per-block sums of p² and u², reading the state without writing it (a pure reduction:
-    one pass; ``apply`` recomputes u and stores the moments)."""
-    u = direction(p, *moments(g, s, c), c, opts)
-    return p.square().sum(-1), u.square().sum(-1)
+    """The moments m = β1 m + (1-β1) g and v = β2 v + (1-β2) g², stored; then the per-block
+    sums of p² and u² (``apply`` recomputes u from the stored moments)."""
+    s["exp_avg"].lerp_(g, c["one_minus_beta1"])
+    s["exp_avg_sq"].mul_(c["beta2"]).addcmul_(torch.mul(g, c["one_minus_beta2"]), g)
+    u = direction(p, s, c, opts)
+    return (torch.linalg.vector_norm(p, dim=-1).square_(),
+            torch.linalg.vector_norm(u, dim=-1).square_())
 
 
 def combine(weight_sq: Tensor, update_sq: Tensor) -> Tensor:
@@ -68,13 +69,9 @@ def combine(weight_sq: Tensor, update_sq: Tensor) -> Tensor:
 
 def apply(p: Tensor, g: Tensor, s: State, c: Mapping[str, Tensor], opts: Mapping[str, Any],
           ratio: Tensor) -> None:
-    """m, v updated; p -= lr · ||p||/||u|| · u: Adam's direction with weight decay, rescaled
-    per tensor (per member) by the trust ratio (You et al. 2020)."""
-    m, v = moments(g, s, c)
-    u = direction(p, m, v, c, opts)
-    s["exp_avg"].copy_(m)
-    s["exp_avg_sq"].copy_(v)
-    p.sub_(c["lr"] * ratio * u)
+    """p -= lr · ||p||/||u|| · u: Adam's direction with weight decay, rescaled per tensor (per
+    member) by the trust ratio (You et al. 2020)."""
+    p.addcmul_(direction(p, s, c, opts), -(c["lr"] * ratio))
 
 
 class LAMB(MetaOptimizer):

@@ -24,7 +24,7 @@ def init(param: Tensor, hp: Mapping[str, Tensor], opts: Mapping[str, Any]) -> St
 
 
 def coefficients(hp: Mapping[str, Tensor], counters: dict, opts: Mapping[str, Any]) -> dict:
-    return {"lr": hp["lr"], "decay": 1 - hp["lr"] * hp["weight_decay"],
+    return {"neg_lr": -hp["lr"], "decay": 1 - hp["lr"] * hp["weight_decay"],
             "one_minus_beta1": 1 - hp["beta1"], "one_minus_beta2": 1 - hp["beta2"]}
 
 
@@ -32,9 +32,9 @@ def update(p: Tensor, g: Tensor, s: State, c: Mapping[str, Tensor],
            opts: Mapping[str, Any]) -> None:
     """u = sign(β1 m + (1-β1) g); p ← p(1 - lr·wd) - lr·u; m ← β2 m + (1-β2) g."""
     exp_avg = s["exp_avg"]
-    direction = exp_avg.lerp(g, c["one_minus_beta1"]).sign_()
+    direction = torch.lerp(exp_avg, g, c["one_minus_beta1"]).sign_()
     p.mul_(c["decay"])
-    p.sub_(c["lr"] * direction)
+    p.addcmul_(direction, c["neg_lr"])
     exp_avg.lerp_(g, c["one_minus_beta2"])
 
 

@@ -48,9 +48,9 @@ def update(p: Tensor, g: Tensor, s: State, c: Mapping[str, Tensor],
     """Adam's moments; the step mixes the gradient and the momentum with weights μₜ, μₜ₊₁."""
     g = apply_weight_decay(p, g, c)
     update_moments(g, s, c)
-    denom = s["exp_avg_sq"].div(c["bias_correction2"]).sqrt().add_(c["eps"])
-    p.add_(c["grad_weight"] * (g / denom))
-    p.add_(c["avg_weight"] * (s["exp_avg"] / denom))
+    denom = torch.div(s["exp_avg_sq"], c["bias_correction2"]).sqrt_().add_(c["eps"])
+    p.addcmul_(torch.div(g, denom), c["grad_weight"])
+    p.addcmul_(torch.div(s["exp_avg"], denom, out=denom), c["avg_weight"])
 
 
 class NAdam(MetaOptimizer):

@@ -87,6 +87,8 @@ class MetaOptimizer(torch.optim.Optimizer):
         self.check_group(group)
         group.listeners.append(self.on_write)
         self.param_groups.append(group)
+        if not any(p.grad is not None and p.grad.is_sparse for p in group["params"]):
+            self._layout(group)
 
     def check_group(self, group: HyperGroup) -> None:
         """Cross-field checks of one group (override); raise ValueError saying why."""
@@ -146,29 +148,39 @@ class MetaOptimizer(torch.optim.Optimizer):
 
     # -- flat buckets (eager / compiled backends) ---------------------------------------
     def _flat_buckets(self, group: HyperGroup) -> list[Bucket] | None:
-        """The group's buckets, built on first use; None when it runs the reference path."""
-        key = id(group)
-        buckets = self._buckets.get(key)
-        if buckets is not None and all(b.intact() for b in buckets):
-            return buckets
+        """The group's buckets with their state, built on first use; None when it runs the
+        reference path."""
+        buckets = self._buckets.get(id(group))
+        if buckets is None or not all(b.intact() for b in buckets):
+            params = list(group["params"])
+            if not backends.uses_flat(group["backend"], type(self).flat_ok) or not params:
+                return None
+            if any(p.grad is not None and p.grad.is_sparse for p in params):
+                raise RuntimeError(f"{type(self).__name__} does not support sparse gradients")
+            buckets = self._layout(group)
+            if buckets is None:
+                return None
+        if not all(b.ready for b in buckets):
+            opts = self.options(group)
+            for bucket in buckets:
+                bucket.init_state(type(self).init, group.hparams, opts,
+                                  [self.state[p] for p in bucket.params])
+        return buckets
+
+    def _layout(self, group: HyperGroup) -> list[Bucket] | None:
+        """The group's parameters (and gradients) moved into flat buffers, one per dtype and
+        device; the state comes at the first step. Done when the group is added, as torch's
+        fused optimizers prepare their state up front, so the first step pays no layout."""
         params = list(group["params"])
         if not backends.uses_flat(group["backend"], type(self).flat_ok) or not params:
             return None
-        if any(p.grad is not None and p.grad.is_sparse for p in params):
-            raise RuntimeError(f"{type(self).__name__} does not support sparse gradients")
         by_kind: dict[tuple, list[Tensor]] = {}
         for p in params:
             by_kind.setdefault((p.dtype, p.device), []).append(p)
-        opts = self.options(group)
-        buckets = []
         align = type(self).block if type(self).segmented else 1
-        for members in by_kind.values():
-            bucket = Bucket(members, group.population, align)
-            bucket.init_state(type(self).init, group.hparams, opts,
-                              [self.state[p] for p in members])
-            buckets.append(bucket)
-        self._buckets[key] = buckets
-        self._runners.setdefault(key, backends.Runner(group["backend"]))
+        buckets = [Bucket(members, group.population, align) for members in by_kind.values()]
+        self._buckets[id(group)] = buckets
+        self._runners.setdefault(id(group), backends.Runner(group["backend"], rent=False))
         return buckets
 
     def _invalidate_buckets(self, group: HyperGroup | None = None) -> None:

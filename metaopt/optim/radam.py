@@ -28,7 +28,8 @@ def init(param: Tensor, hp: Mapping[str, Tensor], opts: Mapping[str, Any]) -> St
 
 
 def coefficients(hp: Mapping[str, Tensor], counters: dict, opts: Mapping[str, Any]) -> dict:
-    """ρₜ and the rectifier rₜ; ``rectify`` says whether ρₜ > 5 (the adaptive step is on)."""
+    """ρₜ and the rectifier rₜ, folded into the update's two weights: the adaptive one while
+    ρₜ > 5, the plain (momentum SGD) one before; the other is 0."""
     beta1, beta2 = hp["beta1"], hp["beta2"]
     step = counters["step"].add_(1)
     bias_correction2 = 1 - beta2**step
@@ -36,21 +37,24 @@ def coefficients(hp: Mapping[str, Tensor], counters: dict, opts: Mapping[str, An
     rho_t = rho_inf - 2 * step * (beta2**step) / bias_correction2
     rect = ((rho_t - 4) * (rho_t - 2) * rho_inf
             / ((rho_inf - 4) * (rho_inf - 2) * rho_t)).sqrt()
+    rectify = rho_t > 5.0
+    neg_step = -hp["lr"] / (1 - beta1**step)
     return {**decay_coefficients(hp, opts["decoupled_weight_decay"]), **moment_coefficients(hp),
-            "lr": hp["lr"], "bias_correction1": 1 - beta1**step,
-            "bias_correction2_sqrt": bias_correction2.sqrt(), "rect": rect,
-            "rectify": rho_t > 5.0}
+            "adaptive_weight": torch.where(rectify, bias_correction2.sqrt() * rect * neg_step,
+                                           0.0),
+            "plain_weight": torch.where(rectify, 0.0, neg_step)}
 
 
 def update(p: Tensor, g: Tensor, s: State, c: Mapping[str, Tensor],
            opts: Mapping[str, Any]) -> None:
-    """While ρₜ ≤ 5 the step is SGD with momentum; after, Adam's step times the rectifier rₜ."""
+    """While ρₜ ≤ 5 the step is SGD with momentum, -lr/(1-β1ᵗ)·m; after, Adam's step times the
+    rectifier rₜ: -lr/(1-β1ᵗ)·rₜ·√(1-β2ᵗ)/(√v + eps)·m. One expression serves both:
+    m · (adaptive_weight / (√v + eps) + plain_weight), one of the two weights being 0."""
     g = apply_weight_decay(p, g, c)
     update_moments(g, s, c)
-    corrected = s["exp_avg"] / c["bias_correction1"] * c["lr"]
-    adaptive = c["bias_correction2_sqrt"] / s["exp_avg_sq"].sqrt().add_(c["eps"])
-    rectified = corrected * adaptive * c["rect"]
-    p.sub_(torch.where(c["rectify"], rectified, corrected))
+    factor = s["exp_avg_sq"].sqrt().add_(c["eps"])
+    factor = torch.div(c["adaptive_weight"], factor, out=factor).add_(c["plain_weight"])
+    p.addcmul_(s["exp_avg"], factor)
 
 
 class RAdam(MetaOptimizer):

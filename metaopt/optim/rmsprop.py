@@ -28,28 +28,28 @@ def init(param: Tensor, hp: Mapping[str, Tensor], opts: Mapping[str, Any]) -> St
 
 def coefficients(hp: Mapping[str, Tensor], counters: dict, opts: Mapping[str, Any]) -> dict:
     counters["step"].add_(1)
-    return {"lr": hp["lr"], "weight_decay": hp["weight_decay"], "alpha": hp["alpha"],
+    return {"neg_lr": -hp["lr"], "weight_decay": hp["weight_decay"], "alpha": hp["alpha"],
             "one_minus_alpha": 1 - hp["alpha"], "eps": hp["eps"], "momentum": hp["momentum"]}
 
 
 def update(p: Tensor, g: Tensor, s: State, c: Mapping[str, Tensor],
            opts: Mapping[str, Any]) -> None:
     """v = α v + (1 - α) g²; p -= lr * g / (√(v - ḡ²) + eps), optionally through momentum."""
-    g = g + c["weight_decay"] * p
+    g = torch.addcmul(g, p, c["weight_decay"])
     square_avg = s["square_avg"]
-    square_avg.mul_(c["alpha"]).add_(c["one_minus_alpha"] * g * g)
+    square_avg.mul_(c["alpha"]).addcmul_(torch.mul(g, c["one_minus_alpha"]), g)
     if opts["centered"]:
         grad_avg = s["grad_avg"].lerp_(g, c["one_minus_alpha"])
-        avg = (square_avg - grad_avg * grad_avg).sqrt_()
+        avg = torch.addcmul(square_avg, grad_avg, grad_avg, value=-1).sqrt_()
     else:
         avg = square_avg.sqrt()
     avg = avg.add_(c["eps"])
     if "momentum_buffer" in s:
         buf = s["momentum_buffer"]
-        buf.mul_(c["momentum"]).add_(g / avg)
-        p.sub_(c["lr"] * buf)
+        buf.mul_(c["momentum"]).addcdiv_(g, avg)
+        p.addcmul_(buf, c["neg_lr"])
     else:
-        p.sub_(c["lr"] * (g / avg))
+        p.addcmul_(g.div_(avg), c["neg_lr"])
 
 
 class RMSprop(MetaOptimizer):

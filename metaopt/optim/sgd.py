@@ -8,7 +8,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from metaopt.optim.elementwise import per_parameter
+from metaopt.optim.elementwise import per_parameter, row, torch_fused
 from metaopt.optim.hyperparams import Hyper
 from metaopt.optim.members import new_step
 from metaopt.optim.optimizer import MetaOptimizer, State
@@ -27,7 +27,7 @@ def coefficients(hp: Mapping[str, Tensor], counters: dict, opts: Mapping[str, An
     momentum = hp["momentum"]
     first = counters["step"] == 0
     counters["step"].add_(1)
-    return {"lr": hp["lr"], "weight_decay": hp["weight_decay"], "momentum": momentum,
+    return {"neg_lr": -hp["lr"], "weight_decay": hp["weight_decay"], "momentum": momentum,
             "decay": torch.where(first, 0.0, momentum),
             "keep": 1 - torch.where(first | (momentum == 0), 0.0, hp["dampening"])}
 
@@ -35,12 +35,41 @@ def coefficients(hp: Mapping[str, Tensor], counters: dict, opts: Mapping[str, An
 def update(p: Tensor, g: Tensor, s: State, c: Mapping[str, Tensor],
            opts: Mapping[str, Any]) -> None:
     """p -= lr * d, where d is the gradient (plus weight decay) or its momentum average."""
-    g = g + c["weight_decay"] * p
+    g = torch.addcmul(g, p, c["weight_decay"])
     if "momentum_buffer" in s:
         buf = s["momentum_buffer"]
-        buf.mul_(c["decay"]).add_(g * c["keep"])
-        g = g + c["momentum"] * buf if opts["nesterov"] else buf
-    p.sub_(c["lr"] * g)
+        buf.mul_(c["decay"]).addcmul_(g, c["keep"])
+        if opts["nesterov"]:
+            g.addcmul_(buf, c["momentum"])
+        else:
+            g = buf
+    p.addcmul_(g, c["neg_lr"])
+
+
+def fused_rows(bucket: Any, grad: Tensor, hp: Mapping[str, Tensor],
+               opts: Mapping[str, Any]) -> bool:
+    """The eager backend's fast path on CPU: torch's fused SGD kernel over the flat buffer (per
+    member row for a population of large members; see :func:`torch_fused`). A member whose
+    momentum is 0 while the group keeps buffers (torch's kernel would leave its buffer alone)
+    takes the generic update instead."""
+    calls = torch_fused(bucket, hp, ("lr", "momentum", "dampening", "weight_decay"))
+    if calls is None:
+        return False
+    buffer = bucket.state.get("momentum_buffer")
+    if buffer is not None and any(v["momentum"] == 0 for _, v in calls):
+        return False
+    step = bucket.state["step"]
+    first = (step[0] == 0).tolist()
+    for i, v in calls:
+        torch._fused_sgd_([row(bucket.param, i)], [row(grad, i)],
+                          [] if buffer is None else [row(buffer, i)],
+                          weight_decay=v["weight_decay"],
+                          momentum=0.0 if buffer is None else v["momentum"], lr=v["lr"],
+                          dampening=v["dampening"], nesterov=opts["nesterov"],
+                          maximize=opts.get("maximize", False),
+                          is_first_step=first if i is None else first[i])
+    step.add_(1)  # every parameter's counter row advances together
+    return True
 
 
 class SGD(MetaOptimizer):
@@ -56,7 +85,9 @@ class SGD(MetaOptimizer):
     coefficients = staticmethod(coefficients)
     update = staticmethod(update)
     rule = staticmethod(per_parameter(coefficients, update))
+    fused_rows = staticmethod(fused_rows)
     flat_ok = True
+
     def __init__(self, params, lr: float | Tensor = 1e-3, momentum: float = 0,
                  dampening: float = 0, weight_decay: float | Tensor = 0,
                  nesterov: bool = False, *, maximize: bool = False,
