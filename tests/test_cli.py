@@ -92,11 +92,15 @@ def test_train_writes_summary_report_and_figures(tmp_path, capsys):
     assert "![Loss](loss.png)" in (out / "report.md").read_text()
 
 
-def test_demo_ranks_every_contender(capsys):
-    from metaopt.commands import demo
-
-    rows = demo.main(steps=5)
-    assert sorted(r["optimizer"] for r in rows) == sorted(c[0] for c in demo.CONTENDERS)
-    assert all(r["val_loss"] == r["val_loss"] and r["seconds"] > 0 for r in rows)  # no NaN
-    assert [r["val_loss"] for r in rows] == sorted(r["val_loss"] for r in rows)
-    assert "| rank | optimizer |" in capsys.readouterr().out
+def test_demo_selects_then_tunes_the_winner(tmp_path, capsys):
+    out = tmp_path / "demo"
+    assert cli.main(["demo", "--out", str(out), "--steps", "30", "--budget", "2500",
+                     "--trials", "4", "--no-progress"]) == 0
+    printed = capsys.readouterr().out
+    assert "rank" in printed and "selected" in printed and "report.md" in printed
+    chosen = json.loads((out / "select" / "summary.json").read_text())["best"]
+    tuned = json.loads((out / "tune" / "summary.json").read_text())
+    assert tuned["best"]["optimizer"] == chosen["optimizer"]
+    assert (out / "tune" / "study.db").exists() and (out / "select" / "halving.png").exists()
+    assert load(out / "select.yaml").sections["select"]["budget"] == 2500  # what it ran,
+    assert load(out / "tune.yaml").sections["search"]["trials"] == 4  # as experiment files
