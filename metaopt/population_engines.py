@@ -17,6 +17,7 @@ from torch import Tensor, nn
 from torch.func import functional_call, stack_module_state, vmap
 
 from metaopt.optim import hyperparams
+from metaopt.optim.modes import evaluating, train_mode
 from metaopt.tasks.datasets import Minibatches
 from metaopt.tasks.task import LossModule, Task, take_step
 
@@ -141,18 +142,20 @@ class StackedEngine:
             if len(self._trial) == 2:
                 self.forward = min(self._trial, key=self._trial.get)
         self._steps += 1
+        train_mode(self.optimizer)  # Schedule-Free and the like step at their train weights
         self.optimizer.step()
         return losses.detach()
 
     @torch.no_grad()
     def evaluate(self, members: Sequence[int]) -> list[float]:
         out = []
-        for i in members:
-            for name, p in self.template.named_parameters():
-                p.copy_(self.params[name][i])
-            for name, b in self.template.named_buffers():
-                b.copy_(self.buffers[name][i])
-            out.append(float(self.task.evaluate(self.template)))
+        with evaluating(self.optimizer):  # every member at its evaluation weights
+            for i in members:
+                for name, p in self.template.named_parameters():
+                    p.copy_(self.params[name][i])
+                for name, b in self.template.named_buffers():
+                    b.copy_(self.buffers[name][i])
+                out.append(float(self.task.evaluate(self.template)))
         return out
 
     def parameters_of(self, i: int) -> dict[str, Tensor]:
@@ -219,11 +222,16 @@ class LoopEngine:
             if not self.active[i]:
                 losses.append(torch.tensor(float("nan")))
                 continue
+            train_mode(opt)
             losses.append(take_step(self.task, module, opt, batch)[0].float().cpu())
         return torch.stack(losses)
 
     def evaluate(self, members: Sequence[int]) -> list[float]:
-        return [float(self.task.evaluate(self.modules[i])) for i in members]
+        out = []
+        for i in members:
+            with evaluating(self.optimizers[i]):
+                out.append(float(self.task.evaluate(self.modules[i])))
+        return out
 
     def parameters_of(self, i: int) -> dict[str, Tensor]:
         return {name: p.detach() for name, p in self.modules[i].named_parameters()}

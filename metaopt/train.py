@@ -132,6 +132,10 @@ def train(
     run as member ``i`` by building that member the same way with ``seed`` set to the member's
     seed. Anything the training step draws from torch's global RNG (dropout) continues from
     the state ``task.model()`` left.
+
+    Optimizers with a train / eval weight switch (Schedule-Free, :mod:`metaopt.optim.modes`)
+    step in train mode and are evaluated in eval mode; ``result.module`` is left at the
+    evaluation weights (call the optimizer's ``train()`` to train on).
     """
     torch.set_flush_denormal(True)
     started = time.perf_counter()
@@ -162,6 +166,7 @@ def train(
         run.path.append(_flat(params))
         run.path_step = 0
 
+    optim.train_mode(opt)  # optimizers with a weight switch (Schedule-Free) step in train mode
     bar = progress_bar(progress, steps, f"train {task.name}", unit="step", initial=run.step)
     try:
         while run.step < steps and monitor.diverged is None:
@@ -210,13 +215,15 @@ def train(
         if run.val_curve and run.val_curve[-1][0] == run.step:
             value = run.val_curve[-1][1]
         else:
-            value = float(task.evaluate(module))
+            with optim.evaluating(opt):
+                value = float(task.evaluate(module))
         if not math.isfinite(value):
             monitor.diverged = f"validation loss is {value} after {run.step} steps"
             monitor.diverged_at = run.step
             value = math.nan
     if record_path_every and run.path_step != run.step:
         run.path.append(_flat(params))
+    optim.eval_mode(opt)  # the returned module holds the weights that were evaluated
     diverged = monitor.diverged is not None
     return TrainResult(
         value=math.nan if diverged else value,
@@ -293,7 +300,8 @@ class _Run:
 
     def evaluate(self, task: Any, module: nn.Module, n: int, drivers: Mapping[str, Any],
                  opt: torch.optim.Optimizer) -> None:
-        value = float(task.evaluate(module))
+        with optim.evaluating(opt):  # at the evaluation weights (Schedule-Free: the average)
+            value = float(task.evaluate(module))
         self.val_curve.append((n, value))
         if not math.isfinite(value):
             self.monitor.diverged = f"validation loss is {value} after {n} steps"

@@ -16,7 +16,7 @@ from metaopt.optim.groups import muon_groups, weight_decay_groups
 from metaopt.optim.lamb import LAMB
 from metaopt.optim.lion import Lion
 from metaopt.optim.lookahead import Lookahead, create_lookahead
-from metaopt.optim.modes import evaluating, train_mode
+from metaopt.optim.modes import eval_mode, evaluating, train_mode
 from metaopt.optim.muon import Muon
 from metaopt.optim.nadam import NAdam
 from metaopt.optim.optimizer import MetaOptimizer
@@ -55,5 +55,5 @@ __all__ = [
     "muon_groups", "weight_decay_groups",
     "AdaBound", "LAMB", "Lion", "Lookahead",
     "Prodigy", "DAdaptAdam", "DAdaptSGD", "AdamWScheduleFree", "SGDScheduleFree",
-    "schedule_free", "evaluating", "train_mode",
+    "schedule_free", "evaluating", "eval_mode", "train_mode",
 ]

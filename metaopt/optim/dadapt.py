@@ -162,9 +162,10 @@ def sgd_measure(p: Tensor, g: Tensor, s: State, c: Mapping[str, Tensor],
 
 def sgd_calibrate(hp: Mapping[str, Tensor], sc: Mapping[str, Tensor], totals: tuple[Tensor],
                   c: Mapping[str, Tensor], opts: Mapping[str, Any]) -> dict:
-    """||g_0|| is kept from each member's first step; dlr = d·lr / ||g_0||."""
-    sc["g0_norm"].copy_(torch.where(sc["k"] == 0, totals[0].sqrt(), sc["g0_norm"]))
-    return {**c, "dlr": sc["d"] * hp["lr"] / sc["g0_norm"]}
+    """||g_0|| is kept from each member's first step; dlr = d·lr / ||g_0|| (0 while ||g_0||
+    is 0: such a member skips its steps until a gradient arrives)."""
+    g0 = sc["g0_norm"].copy_(torch.where(sc["k"] == 0, totals[0].sqrt(), sc["g0_norm"]))
+    return {**c, "dlr": torch.where(g0 > 0, sc["d"] * hp["lr"] / g0, 0.0)}
 
 
 def sgd_accumulate(p: Tensor, g: Tensor, s: State, c: Mapping[str, Tensor],
