@@ -91,7 +91,7 @@ def run(args: argparse.Namespace) -> int:
                        schedule=schedule, schedule_key=keys["schedule"])
     if section["backend"] == "ray":
         return _run_ray(args, exp, section, task, steps, space, keys, started, imports)
-    if section["ray_address"] is not None or section.get("storage_path") is not None:
+    if section["ray_address"] is not None or section["storage_path"] is not None:
         key = "pbt.ray_address" if section["ray_address"] is not None else "pbt.storage_path"
         raise ExperimentError(exp.file, key, "it only with backend: ray", section["backend"])
     directory = Path(args.out) if args.out is not None else Path("runs") / exp.name
@@ -149,7 +149,7 @@ def _run_ray(args: argparse.Namespace, exp: experiment.Experiment, section: dict
         except ValueError:
             raise ExperimentError(exp.file, "pbt.ray_address", "host:port, ray://host:port "
                                   "or auto", address) from None
-        if section.get("storage_path") is None:
+        if section["storage_path"] is None:
             raise ExperimentError(exp.file, "pbt.storage_path", "storage every node sees "
                                   "(required with pbt.ray_address: Ray does not sync "
                                   "checkpoints between nodes)")
@@ -159,7 +159,7 @@ def _run_ray(args: argparse.Namespace, exp: experiment.Experiment, section: dict
                               steps=steps, quantile=section["quantile"],
                               resample=section["resample"], perturb=section["perturb"],
                               exploit=section["exploit"], seed=exp.seed, device=exp.device,
-                              address=address, storage_path=section.get("storage_path"),
+                              address=address, storage_path=section["storage_path"],
                               name=exp.name, progress=args.progress)
     except (ValueError, TypeError) as err:
         raise ExperimentError(exp.file, keys["optimizer"], "an optimizer and space Ray Tune "

@@ -48,8 +48,8 @@ from metaopt.pbt.local import Best, PBTResult, _positive, explore_move, initial_
 from metaopt.pbt.space import MemberSpace, member_space
 
 MEMBER_FILE = "member.pt"
-CONNECT_TIMEOUT = 5.0  # seconds for the address to accept a TCP connection
-GCS_WAIT = 8  # seconds ray.init may then spend reaching the cluster's GCS
+CONNECT_TIMEOUT = 4.0  # seconds for the address to accept a TCP connection, then to answer gRPC
+GCS_WAIT = 6  # seconds ray.init may then spend reaching the cluster's GCS
 
 
 class ClusterUnreachable(ConnectionError):
@@ -78,8 +78,10 @@ def parse_address(address: str) -> tuple[str, int] | None:
 
 
 def check_address(address: str, timeout: float = CONNECT_TIMEOUT) -> None:
-    """ClusterUnreachable unless something accepts connections at ``address`` (a port nobody
-    listens on fails at once; an unroutable host after ``timeout``)."""
+    """ClusterUnreachable unless a gRPC server (Ray's GCS, or a Ray Client server) answers at
+    ``address``: a port nobody listens on fails at once, an unroutable host or a server that
+    accepts but does not speak gRPC after ``timeout`` seconds each. ``ray.init`` alone would
+    retry for 20 s, or wait on a silent server for minutes."""
     where = parse_address(address)
     if where is None:
         return
@@ -87,6 +89,16 @@ def check_address(address: str, timeout: float = CONNECT_TIMEOUT) -> None:
         socket.create_connection(where, timeout=timeout).close()
     except OSError as err:
         raise ClusterUnreachable(address, err.strerror or type(err).__name__) from None
+    import grpc
+
+    channel = grpc.insecure_channel(f"{where[0]}:{where[1]}")
+    try:
+        grpc.channel_ready_future(channel).result(timeout=timeout)
+    except grpc.FutureTimeoutError:
+        raise ClusterUnreachable(address, f"it accepts connections but no gRPC answer came in "
+                                 f"{timeout:g} s") from None
+    finally:
+        channel.close()
 
 
 def runtime_env(task: Any) -> dict[str, Any]:
