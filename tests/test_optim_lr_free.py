@@ -276,3 +276,56 @@ def test_population_members_equal_metaopt_train(name, engine):
         alone = metaopt.train(task, name, h, seed=i, eval_every=8)
         assert alone.val_curve[0][1] == pytest.approx(mid[i], rel=1e-9)
         assert final[i].value == pytest.approx(alone.value, rel=1e-9)
+
+
+# -- flat buckets: chunks and the compiled backend ------------------------------------------
+@pytest.mark.parametrize("name", ["prodigy", "dadapt_adam", "dadapt_sgd", "schedulefree_adamw",
+                                  "schedulefree_sgd"])
+def test_eager_chunks_add_up_to_the_reference(name, monkeypatch):
+    """The eager flat path in chunks of 4 elements (sums added over chunks) == per parameter."""
+    from metaopt.optim import backends
+
+    monkeypatch.setattr(backends, "TEMPORARY_FLOOR", 16)
+    assert backends.chunk_numel(100) == 4
+    members = [problem(seed=i) for i in range(2)]
+    stacked = [torch.stack(ps) for ps in zip(*(m[0] for m in members))]
+
+    def total(ps):
+        return sum(m[1]([p[i] for p in ps]) for i, m in enumerate(members))
+
+    kwargs = {"weight_decay": [0.0, 0.1], "lr": [0.05, 0.02] if "schedulefree" in name
+              else [1.0, 0.5]}
+    chunked, _ = run(lambda ps: create(name, ps, population=2, backend="eager", **kwargs),
+                     stacked, total, 10)
+    reference, _ = run(lambda ps: create(name, ps, population=2, backend="reference",
+                                         **kwargs), stacked, total, 10)
+    assert_params_close(chunked, reference, dict(rtol=1e-12, atol=1e-12))
+
+
+@pytest.mark.parametrize("name", ["prodigy", "schedulefree_adamw"])
+def test_compiled_equals_reference_and_never_recompiles(name):
+    from torch._dynamo.utils import counters
+
+    params, loss = problem()
+
+    def train(backend):
+        ps = [p.detach().clone().float().requires_grad_(True) for p in params]
+        opt = create(name, ps, backend=backend)
+        graphs = []
+        for k in range(10):
+            if k == 5:
+                graphs.append(counters["stats"]["unique_graphs"])
+                opt.param_groups[0]["lr"] = float(opt.param_groups[0]["lr"]) / 2
+                opt.param_groups[0]["weight_decay"] = 0.01
+                opt.param_groups[0]["betas"] = (0.8, 0.95)
+            opt.zero_grad()
+            loss([p.double() for p in ps]).float().backward()
+            opt.step()
+        graphs.append(counters["stats"]["unique_graphs"])
+        return ps, opt, graphs
+
+    ours, opt, graphs = train("compiled")
+    assert {r.mode for r in opt._runners.values()} == {"compiled"}
+    assert graphs[0] == graphs[1], "a hyperparameter write recompiled the step"
+    reference, _, _ = train("reference")
+    assert_params_close(ours, reference, dict(rtol=2e-5, atol=2e-6))

@@ -153,18 +153,6 @@ def _total(plans: list[Any], part: Callable, pre: Mapping[str, Tensor]) -> tuple
     return totals
 
 
-# Eager flat updates run in chunks along the flat dimension, as the elementwise rules' do
-# (metaopt.optim.backends), so no temporary exceeds a quarter of max(2^18, numel / 16).
-TEMPORARY_FLOOR = 1 << 18
-LIVE_TEMPORARIES = 4
-
-
-def _chunks(length: int, rows: int, numel: int) -> list[slice]:
-    per_chunk = max(TEMPORARY_FLOOR, -(-numel // 16)) // LIVE_TEMPORARIES
-    step = max(1, per_chunk // rows)
-    return [slice(start, min(start + step, length)) for start in range(0, length, step)]
-
-
 def _each(plan: Any, part: Callable, c: Mapping[str, Tensor]) -> Iterable[Any]:
     """``part(p, g, state, c, opts)`` over the plan's tensors: each parameter (the reference
     path) or each flat bucket, compiled whole or eagerly in chunks (sums added up), as the
@@ -182,8 +170,10 @@ def _each(plan: Any, part: Callable, c: Mapping[str, Tensor]) -> Iterable[Any]:
 
 def _chunked(part: Callable, p: Tensor, g: Tensor, s: Mapping[str, Tensor],
              c: Mapping[str, Tensor], opts: Mapping[str, Any]) -> Any:
+    """``part`` over chunks along the flat dimension, as the elementwise rules' eager path
+    (no temporary beyond ``backends.chunk_numel``); the sums of the chunks added up."""
     totals = None
-    for cut in _chunks(p.shape[-1], p[..., 0].numel(), p.numel()):
+    for cut in backends.chunks(p.shape[-1], p[..., 0].numel(), backends.chunk_numel(p.numel())):
         sums = part(p[..., cut], g[..., cut], {k: v[..., cut] for k, v in s.items()}, c, opts)
         if sums is not None:
             totals = sums if totals is None else tuple(a + b for a, b in zip(totals, sums))
