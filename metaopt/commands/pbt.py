@@ -174,21 +174,21 @@ def _run_ray(args: argparse.Namespace, exp: experiment.Experiment, section: dict
                               f"{err.address} ({err.why})") from None
     try:
         directory = runs.run_dir(exp.name, args.out)
-        result = pbt.run()
+        result = pbt.run(close=False)
+        ray = pbt.summary()
+        write_outputs(directory, result, name=exp.name, task=exp.task, steps=steps,
+                      started=started, device=exp.device, interval=section["interval"],
+                      exploit=section["exploit"], resumed_from=0, backend="ray",
+                      checkpoint_seconds=result.checkpoint_seconds, ray=ray,
+                      timings={"imports": imports + ray["timings"].get("imports", 0.0),
+                               "ray_init": ray["timings"].get("ray_init"),
+                               "fit": ray["timings"].get("fit"),
+                               "checkpoint": result.checkpoint_seconds})
     except ray_tune.TrialsFailed as err:
         print(f"metaopt pbt: error: {err}", file=sys.stderr)
         return 1
     finally:
-        pbt.close()
-    ray = pbt.summary()
-    write_outputs(directory, result, name=exp.name, task=exp.task, steps=steps,
-                  started=started, device=exp.device, interval=section["interval"],
-                  exploit=section["exploit"], resumed_from=0, backend="ray",
-                  checkpoint_seconds=result.checkpoint_seconds, ray=ray,
-                  timings={"imports": imports + ray["timings"].get("imports", 0.0),
-                           "ray_init": ray["timings"].get("ray_init"),
-                           "fit": ray["timings"].get("fit"),
-                           "checkpoint": result.checkpoint_seconds})
+        pbt.close()  # after summary.json: Ray's shutdown is not part of the run's time
     _print(result, directory)
     return 0
 

@@ -230,7 +230,8 @@ class RayPBT:
             starts a local one with ``cpus`` CPUs (default: all).
         storage_path: where Ray keeps trials and checkpoints (required with ``address``:
             storage every node sees); None: a temporary folder, removed at the end.
-        cpus_per_member: CPUs (and torch threads) each trial takes.
+        cpus_per_member: CPUs (and torch threads) each trial takes; on a ``cuda`` device
+            each also takes ``gpus_per_member`` GPUs (default: the members share one GPU).
     """
 
     def __init__(self, task: Any, optimizer: str | None = None, space: Any = None, *,
@@ -240,7 +241,8 @@ class RayPBT:
                  seed: int = 0, initial: Sequence[Mapping[str, Any]] | None = None,
                  device: str = "cpu", address: str | None = None,
                  storage_path: str | os.PathLike | None = None, cpus: int | None = None,
-                 cpus_per_member: int = 1, name: str = "pbt",
+                 cpus_per_member: int = 1, gpus_per_member: float | None = None,
+                 name: str = "pbt",
                  progress: bool | None = None) -> None:
         from metaopt import tasks
         from metaopt.search.space import Space, load_space
@@ -266,7 +268,12 @@ class RayPBT:
                              "checkpoints between nodes, so they go to storage every node sees")
         self.seed, self.device, self.progress, self.name = int(seed), device, progress, name
         self.address, self.cpus, self.cpus_per_member = address, cpus, int(cpus_per_member)
+        self.resources: dict[str, float] = {"cpu": self.cpus_per_member}
+        if not str(device).startswith("cpu"):  # Ray hides GPUs from trials that ask none
+            self.resources["gpu"] = gpus_per_member or 1.0 / self.P
         self.storage_path = None if storage_path is None else str(storage_path)
+        if self.storage_path is not None and "://" not in self.storage_path:
+            self.storage_path = str(Path(self.storage_path).expanduser().resolve())
         self.rng = random.Random(self.seed)
         self.initial = initial_values(self.space, self.P, self.steps, self.rng, initial)
         self.notes = list(self.space.notes)
@@ -318,9 +325,10 @@ class RayPBT:
                                    resample=self.resample, perturb=self.perturb))
         return config
 
-    def run(self) -> PBTResult:
+    def run(self, close: bool = True) -> PBTResult:
         """Train through Ray Tune to ``steps``; connects first if :meth:`connect` was not
-        called, and disconnects at the end."""
+        called, and disconnects at the end (``close=False``: the caller calls :meth:`close`,
+        after writing its outputs)."""
         import torch
 
         torch.set_flush_denormal(True)
@@ -329,7 +337,8 @@ class RayPBT:
         try:
             return self._fit()
         finally:
-            self.close()
+            if close:
+                self.close()
 
     def _fit(self) -> PBTResult:
         from ray import tune
@@ -361,8 +370,7 @@ class RayPBT:
         started = time.perf_counter()
         try:
             tuner = tune.Tuner(
-                tune.with_resources(tune.with_parameters(member, spec=spec),
-                                    {"cpu": self.cpus_per_member}),
+                tune.with_resources(tune.with_parameters(member, spec=spec), self.resources),
                 param_space=param_space,
                 tune_config=tune.TuneConfig(
                     metric="val_loss", mode="min", scheduler=scheduler, num_samples=1,
