@@ -69,7 +69,10 @@ def reasons(data: dict) -> list[str]:
                    "every candidate was probed over its full learning-rate range.")
     rounds = "; ".join(f"{r['candidates']} candidates x {r['lrs']} learning rates x "
                        f"{r['steps']} steps" for r in plan["rounds"])
-    out.append(f"- rounds: {rounds}; then {plan['tune_trials']} tune trials of the winner.")
+    tune = data.get("tune")
+    tuned = (f"then a tune of {tune['candidate']}: {tune['trials']} full-length trials"
+             if tune else "no tune (the rounds left too little budget for one)")
+    out.append(f"- rounds: {rounds}; {tuned}.")
     return out
 
 
@@ -84,6 +87,13 @@ def table(data: dict) -> list[str]:
                     f"{e['rung'] + 1} ({e['steps']}) | {e['evaluations']:,} | "
                     f"{e['reason'] or ''} |")
     return rows
+
+
+def _colour(names: list[str], name: str) -> Any:
+    """One colour per candidate, distinct for up to 20 of them (tab10 repeats after 10)."""
+    from matplotlib import colormaps
+
+    return colormaps["tab20"](sorted(names).index(name) % 20)
 
 
 def _finite(v: Any) -> bool:
@@ -102,7 +112,7 @@ def halving_figure(data: dict, path: Path) -> Path:
     for name, by_steps in sorted(best.items()):
         xs = sorted(by_steps)
         ax.plot(xs, [by_steps[x] for x in xs], marker="o", label=name,
-                linewidth=2.5 if name == winner else 1.0)
+                color=_colour(list(best), name), linewidth=2.5 if name == winner else 1.0)
     ax.set_xscale("log")
     ax.set_xlabel("round length (steps)")
     ax.set_ylabel("best validation loss in the round")
@@ -120,13 +130,14 @@ def sensitivity_figure(data: dict, path: Path) -> Path:
     for p in data["probes"]:
         value = p["value"] if p["status"] == "ok" and _finite(p["value"]) else math.nan
         lines.setdefault((p["candidate"], p["round"]), []).append((p["lr"], value))
-    colours: dict[str, Any] = {}
+    names = sorted({name for name, _ in lines})
+    labelled: set[str] = set()
     for (name, rnd), points in sorted(lines.items(), key=lambda kv: (kv[0][0], kv[0][1])):
         points.sort()
-        kw = {"color": colours[name]} if name in colours else {"label": name}
-        drawn = ax.plot([x for x, _ in points], [y for _, y in points], marker="o",
-                        markersize=3 + 2 * rnd, alpha=0.5 + 0.25 * min(rnd, 2), **kw)
-        colours.setdefault(name, drawn[0].get_color())
+        ax.plot([x for x, _ in points], [y for _, y in points], marker="o",
+                markersize=3 + 2 * rnd, alpha=0.5 + 0.25 * min(rnd, 2),
+                color=_colour(names, name), label=None if name in labelled else name)
+        labelled.add(name)
     ax.set_xscale("log")
     ax.set_xlabel("learning rate (multiplier for learning-rate-free and learned optimizers)")
     ax.set_ylabel("validation loss")
