@@ -328,6 +328,46 @@ def report(data: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def plot(data: dict, path: Path) -> Path:
+    """Per task: after-imports wall time (log) and final validation loss, each seed a dot,
+    the median a bar, for local PBT, Ray Tune PBT and Optuna TPE."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    results = data["results"]
+    tasks = [t for t in TASKS if t in results]
+    methods = [("local PBT", lambda r: r["local"]["after_imports"], lambda r: r["local"]["best"]),
+               ("Ray Tune PBT", lambda r: r["ray"]["after_imports"], lambda r: r["ray"]["best"]),
+               ("Optuna TPE", lambda r: r["tpe"]["wall"], lambda r: r["tpe"]["best"])]
+    fig, axes = plt.subplots(2, len(tasks), figsize=(4 * len(tasks), 6), squeeze=False)
+    for j, task in enumerate(tasks):
+        for row, pick in ((0, 1), (1, 2)):
+            ax = axes[row][j]
+            for k, method in enumerate(methods):
+                ys = [method[pick](r) for r in results[task]]
+                ax.bar(k, statistics.median(ys), color=f"C{k}", alpha=0.5)
+                ax.scatter([k] * len(ys), ys, color=f"C{k}", s=12, zorder=3)
+            ax.set_xticks(range(len(methods)), [m[0] for m in methods], fontsize="small")
+            if row == 0:
+                ax.set_yscale("log")
+                ax.set_title(task)
+                ax.set_ylabel("wall s after imports" if j == 0 else "")
+            else:
+                ax.set_ylabel("final val loss (best)" if j == 0 else "")
+                lo = min(m[2](r) for m in methods for r in results[task])
+                hi = max(m[2](r) for m in methods for r in results[task])
+                ax.set_ylim(lo - 0.1 * (hi - lo), hi + 0.1 * (hi - lo))
+            ax.grid(True, axis="y", alpha=0.3)
+    fig.suptitle("16 members x 300 steps: wall time and final validation loss (dots: seeds)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    print(f"wrote {path}")
+    return path
+
+
 def main() -> None:
     import argparse
 
@@ -365,6 +405,8 @@ def main() -> None:
                         else None) for s in seeds]
             store.write_text(json.dumps(data, indent=1, default=str))
     write(out, report(data))
+    if data["results"]:
+        plot(data, out.with_suffix(".png"))
 
 
 if __name__ == "__main__":
