@@ -102,3 +102,19 @@ def test_resuming_with_another_budget_names_the_key(tmp_path, capsys):
     assert cli.main(["select", str(exp), "--out", str(out)]) == 2
     err = capsys.readouterr().err
     assert "select.budget" in err and "999" in err
+
+
+def test_rebuild_store_rebuilds_stale_records_only(tmp_path, capsys):
+    from metaopt.select import store
+
+    stale = store.Record("quadratic", {"log_params": 1.0}, {"lstm": {
+        "lr": 1.0, "value": 0.5, "rung": 0, "rank": 1, "status": "ok"}}, "an-older-network")
+    store.write(stale, tmp_path)
+    assert store.stale(tmp_path) == ["quadratic"]
+    args = ["select", "--rebuild-store", "--tasks", "quadratic", "--store", str(tmp_path),
+            "--no-progress"]
+    assert cli.main(args) == 0
+    rebuilt = store.load(tmp_path)[0]
+    assert not rebuilt.stale and rebuilt.learned_checkpoint == store.learned_hash()
+    assert len(rebuilt.candidates) > 5 and "lstm" in rebuilt.candidates
+    assert cli.main(args) == 0 and "quadratic: up to date" in capsys.readouterr().out
