@@ -244,10 +244,13 @@ class LoopEngine:
     def copy_member(self, src: int, dst: int, hparams: bool = True) -> None:
         self.modules[dst].load_state_dict(self.modules[src].state_dict())
         saved = copy.deepcopy(self.optimizers[src].state_dict())
-        if not hparams:  # keep dst's own group settings
+        if not hparams:  # keep dst's own hyperparameters (group entries that are state, such
+            # as D-Adaptation's step-size estimate, come from src like the rest of the state)
             mine = self.optimizers[dst].state_dict()["param_groups"]
-            saved["param_groups"] = [{**g, **{k: v for k, v in m.items() if k != "params"}}
-                                     for g, m in zip(saved["param_groups"], mine)]
+            keys = [{key for key, _ in hyperparams.flat_names(g).values()}
+                    for g in self.optimizers[dst].param_groups]
+            saved["param_groups"] = [{**g, **{k: v for k, v in m.items() if k in own}}
+                                     for g, m, own in zip(saved["param_groups"], mine, keys)]
         self.optimizers[dst].load_state_dict(saved)
 
     def read_hparam(self, name: str) -> Tensor:

@@ -329,3 +329,50 @@ def test_compiled_equals_reference_and_never_recompiles(name):
     assert graphs[0] == graphs[1], "a hyperparameter write recompiled the step"
     reference, _, _ = train("reference")
     assert_params_close(ours, reference, dict(rtol=2e-5, atol=2e-6))
+
+
+# -- groups, composites and member copies ---------------------------------------------------
+def test_groups_share_one_lr_and_population():
+    a, b = torch.zeros(3, requires_grad=True), torch.zeros(2, requires_grad=True)
+    with pytest.raises(ValueError, match="lr must be the same in every group"):
+        Prodigy([{"params": [a]}, {"params": [b], "lr": 0.5}])
+    with pytest.raises(ValueError, match="same population"):
+        DAdaptAdam([{"params": [torch.zeros(2, 3, requires_grad=True)], "population": 2},
+                    {"params": [b]}])
+
+
+def test_a_composite_switches_its_schedule_free_children():
+    w = torch.randn(4, 3, dtype=torch.float64, requires_grad=True)
+    bias = torch.randn(3, dtype=torch.float64, requires_grad=True)
+    opt = metaopt.optim.Composite([{"params": [w], "optimizer": "schedulefree_sgd", "lr": 0.1},
+                                   {"params": [bias], "optimizer": "adamw", "lr": 0.01}])
+    alone = SGDScheduleFree([w.detach().clone().requires_grad_(True)], lr=0.1)
+    for o, p in ((opt, w), (alone, alone.param_groups[0]["params"][0])):
+        for _ in range(3):
+            p.grad = torch.ones_like(p)
+            if o is opt:
+                bias.grad = torch.ones_like(bias)
+            o.step()
+    with metaopt.optim.evaluating(opt):
+        alone.eval()
+        torch.testing.assert_close(w.detach(), alone.param_groups[0]["params"][0].detach())
+        assert not opt.children["schedulefree_sgd"].training
+    assert opt.children["schedulefree_sgd"].training
+
+
+@pytest.mark.parametrize("engine", ["stacked", "loop"])
+def test_copy_member_without_hparams_takes_the_step_size_estimate(engine):
+    """PBT's exploit with hparams=False: the estimate D is state, copied from src; dst keeps
+    its own lr."""
+    task = regression(steps=6)
+    pop = Population(task, "prodigy", [{"lr": 1.0}, {"lr": 0.5}], seeds=[0, 1], engine=engine)
+    for _ in range(6):
+        pop.step()
+    pop.copy_member(0, 1, hparams=False)
+    if engine == "stacked":
+        d = pop.engine.optimizer.global_scalars()["d"]
+        assert float(d[1]) == float(d[0])
+    else:
+        d = [o.global_scalars()["d"] for o in pop.engine.optimizers]
+        assert float(d[1]) == float(d[0])
+    assert pop.engine.read_hparam("lr").tolist() == [1.0, 0.5]

@@ -18,6 +18,7 @@ from typing import Any
 
 import torch
 
+from metaopt.optim.modes import eval_mode, train_mode
 from metaopt.optim.registry import create
 
 
@@ -84,6 +85,16 @@ class Composite(torch.optim.Optimizer):
     def zero_grad(self, set_to_none: bool = True) -> None:
         for child in self.children.values():
             child.zero_grad(set_to_none)
+
+    def train(self) -> None:
+        """Children with a train / eval weight switch (Schedule-Free) to train mode."""
+        for child in self.children.values():
+            train_mode(child)
+
+    def eval(self) -> None:
+        """Children with a train / eval weight switch to their evaluation weights."""
+        for child in self.children.values():
+            eval_mode(child)
 
     def reset_member(self, i: int) -> None:
         for child in self.children.values():

@@ -7,7 +7,8 @@ four parts, and runs per parameter (the reference path) or over flat buckets (on
 bucket, eager or compiled), always with one estimate for the whole optimizer:
 
 - ``prepare(hp, scalars, opts) -> dict``: global coefficients before the sums (``d·lr`` ...)
-  from the first group's hyperparameters (``lr``: the largest over groups) and the global
+  from the first group's hyperparameters (``lr``: the same in every group, the largest
+  over groups should a schedule write them apart) and the global
   scalars (``d``, the step count ``k``, ...);
 - ``accumulate(p, g, state, c, opts) -> tuple``: the elementwise state update, returning
   per-member sums (0-d, or ``[P]`` for a population) that are added up over every tensor;
@@ -83,6 +84,10 @@ class GlobalStepOptimizer(MetaOptimizer):
             raise ValueError(f"{group.owner}: every group of {type(self).__name__} must have "
                              f"the same population (one step size for all), got "
                              f"{group.population} and {head.population}")
+        if not torch.equal(group.hparams["lr"], head.hparams["lr"]):
+            raise ValueError(f"{group.owner}: lr must be the same in every group of "
+                             f"{type(self).__name__} (one step size for all, as in the "
+                             f"authors' package); schedules write every group alike")
 
     def options(self, group) -> dict[str, Any]:
         opts = MetaOptimizer.options(group)
