@@ -94,7 +94,8 @@ def adam_combine(hp: Mapping[str, Tensor], sc: Mapping[str, Tensor],
     sc["numerator_weighted"].copy_(torch.where(active, r, sc["numerator_weighted"]))
     sc["d"].copy_(torch.where(moves, d_new, d))
     sc["k"].add_(active.to(sc["k"].dtype))
-    return {"dlr": torch.where(active, c["dlr"], 0.0), "sign": torch.where(active, -1.0, 0.0)}
+    return {"neg_dlr": -torch.where(active, c["dlr"], 0.0),
+            "sign": torch.where(active, -1.0, 0.0)}
 
 
 def adam_apply(p: Tensor, g: Tensor, s: State, c: Mapping[str, Tensor],
@@ -103,7 +104,7 @@ def adam_apply(p: Tensor, g: Tensor, s: State, c: Mapping[str, Tensor],
     b = broadcast(c, p)
     denom = s["exp_avg_sq"].sqrt().add_(b["eps"])
     if opts["decouple"]:
-        p.addcmul_(p, -b["weight_decay"] * b["dlr"])
+        p.addcmul_(p, b["weight_decay"] * b["neg_dlr"])
     p.addcmul_(torch.div(s["exp_avg"], denom, out=denom), b["sign"])
 
 

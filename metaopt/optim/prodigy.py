@@ -88,7 +88,7 @@ def combine(hp: Mapping[str, Tensor], sc: Mapping[str, Tensor], totals: tuple[Te
     sc["d_max"].copy_(torch.where(moves, d_max_new, d_max))
     sc["d"].copy_(d_next)
     sc["k"].add_(active.to(sc["k"].dtype))
-    return {"d": d_next, "dlr": torch.where(active, c["dlr"], 0.0), "step_size": dlr}
+    return {"d": d_next, "neg_dlr": -torch.where(active, c["dlr"], 0.0), "neg_step_size": -dlr}
 
 
 def apply(p: Tensor, g: Tensor, s: State, c: Mapping[str, Tensor],
@@ -98,8 +98,8 @@ def apply(p: Tensor, g: Tensor, s: State, c: Mapping[str, Tensor],
     b = broadcast(c, p)
     denom = s["exp_avg_sq"].sqrt().add_(b["d"] * b["eps"])
     if opts["decouple"]:
-        p.addcmul_(p, -b["weight_decay"] * b["dlr"])
-    p.addcmul_(torch.div(s["exp_avg"], denom, out=denom), -b["step_size"])
+        p.addcmul_(p, b["weight_decay"] * b["neg_dlr"])
+    p.addcmul_(torch.div(s["exp_avg"], denom, out=denom), b["neg_step_size"])
 
 
 class Prodigy(GlobalStepOptimizer):
