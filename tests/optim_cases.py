@@ -170,6 +170,18 @@ LR_FREE_CASES: list[Case] = [
          quadratic={"lr": 0.1}, torch_twin=False),
 ]
 
+# Optimizers that need a closure (and so no populations): their invariants run with closures
+# in test_optim_second_order.py; ``quadratic`` settings reach the shared quadratic's optimum.
+CLOSURE_CASES: list[Case] = [
+    Case("lbfgs", [{}, {"line_search_fn": "strong_wolfe", "history_size": 5},
+                   {"lr": T(0.5), "max_iter": 4}],
+         quadratic={"line_search_fn": "strong_wolfe"}, quadratic_steps=5, torch_twin=True),
+    Case("newton", [{}, {"damping": 1e-2, "lr": 0.8}, {"adaptive_damping": False}],
+         quadratic={}, quadratic_steps=3, torch_twin=False),
+    Case("hessian_free", [{}, {"cg_max_iter": 5, "damping": 0.1}, {"cg_decay": 0.5}],
+         quadratic={"cg_max_iter": 30}, quadratic_steps=5, torch_twin=False),
+]
+
 CASES = TORCH_CASES + BEYOND_TORCH_CASES + LR_FREE_CASES  # every optimizer: invariants, populations
 BY_NAME = {c.name: c for c in CASES}
 

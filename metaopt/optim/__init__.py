@@ -14,11 +14,13 @@ from metaopt.optim.composite import Composite
 from metaopt.optim.dadapt import DAdaptAdam, DAdaptSGD
 from metaopt.optim.groups import muon_groups, weight_decay_groups
 from metaopt.optim.lamb import LAMB
+from metaopt.optim.lbfgs import LBFGS
 from metaopt.optim.lion import Lion
 from metaopt.optim.lookahead import Lookahead, create_lookahead
 from metaopt.optim.modes import eval_mode, evaluating, train_mode
 from metaopt.optim.muon import Muon
 from metaopt.optim.nadam import NAdam
+from metaopt.optim.newton import HessianFree, Newton
 from metaopt.optim.optimizer import MetaOptimizer
 from metaopt.optim.prodigy import Prodigy
 from metaopt.optim.radam import RAdam
@@ -47,6 +49,9 @@ for _name, _cls in (("prodigy", Prodigy), ("dadapt_adam", DAdaptAdam), ("dadapt_
                     ("schedulefree_adamw", AdamWScheduleFree),
                     ("schedulefree_sgd", SGDScheduleFree)):
     register(_name, _cls)
+# second-order and curvature methods (closures: the trainers step their members one by one)
+for _name, _cls in (("lbfgs", LBFGS), ("newton", Newton), ("hessian_free", HessianFree)):
+    register(_name, _cls)
 
 __all__ = [
     "SGD", "Adagrad", "RMSprop", "Adam", "AdamW", "Adamax", "NAdam", "RAdam", "Adadelta",
@@ -56,4 +61,5 @@ __all__ = [
     "AdaBound", "LAMB", "Lion", "Lookahead",
     "Prodigy", "DAdaptAdam", "DAdaptSGD", "AdamWScheduleFree", "SGDScheduleFree",
     "schedule_free", "evaluating", "eval_mode", "train_mode",
+    "LBFGS", "Newton", "HessianFree",
 ]
