@@ -22,7 +22,8 @@ bucket, eager or compiled), always with one estimate for the whole optimizer:
 ``eps``, ``weight_decay``), unbroadcast; the parts broadcast what they use. The global scalars
 are tensors kept in the first param group (as the authors' packages keep them in the groups),
 so ``state_dict`` saves them; ``reset_member``/``copy_member`` reset and copy a member's.
-No part reads a tensor into Python: members whose sums are zero skip the step (``where``).
+No part reads a tensor into Python: members whose sums are zero skip the step (``where``),
+and a member with ``lr = 0`` (a population's frozen slot) keeps its weights and its D.
 """
 
 from __future__ import annotations
