@@ -118,3 +118,14 @@ def test_rebuild_store_rebuilds_stale_records_only(tmp_path, capsys):
     assert not rebuilt.stale and rebuilt.learned_checkpoint == store.learned_hash()
     assert len(rebuilt.candidates) > 5 and "lstm" in rebuilt.candidates
     assert cli.main(args) == 0 and "quadratic: up to date" in capsys.readouterr().out
+
+
+def test_select_on_a_users_own_task_by_module_attribute(tmp_path, capsys):
+    text = SELECT.replace("task: digits_mlp_sigmoid", "task: toy_tasks:regression").replace(
+        "steps: 45", "steps: 30").replace("budget: 1500", "budget: 500")
+    out = tmp_path / "run"
+    assert cli.main(["select", str(write(tmp_path, text)), "--out", str(out),
+                     "--no-progress"]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["task"] == "toy_tasks:regression" and summary["best"]["value"] < 1.0
+    assert summary["evaluations"] <= 500 and "rank" in capsys.readouterr().out
