@@ -182,7 +182,29 @@ CLOSURE_CASES: list[Case] = [
          quadratic={"cg_max_iter": 30}, quadratic_steps=5, torch_twin=False),
 ]
 
-CASES = TORCH_CASES + BEYOND_TORCH_CASES + LR_FREE_CASES  # every optimizer: invariants, populations
+# Kronecker-factored preconditioners (dense float64 references: test_optim_second_order.py).
+PRECONDITIONER_CASES: list[Case] = [
+    Case("shampoo", [{}, {"precondition_frequency": 2, "start_preconditioning_step": 1},
+                     {"grafting": "sgd", "lr": 0.01, "precondition_frequency": 1,
+                      "block_size": 3, "shampoo_beta": 0.9},
+                     {"grafting": "none", "precondition_frequency": 3, "weight_decay": 0.1,
+                      "eps": 1e-6, "lr": T(0.01)}],
+         members={"lr": [0.001, 0.01, 0.03], "betas": ([0.9, 0.5, 0.0], [0.999, 0.9, 0.5]),
+                  "shampoo_beta": [1.0, 0.9, 0.5], "eps": [1e-12, 1e-6, 1e-3],
+                  "graft_eps": [1e-8, 1e-3, 1e-5], "weight_decay": [0.0, 0.1, 0.01]},
+         quadratic={"lr": 0.05, "precondition_frequency": 5}, torch_twin=False),
+    Case("soap", [{}, {"precondition_frequency": 1, "precondition_1d": True},
+                  {"block_size": 3, "precondition_frequency": 2, "shampoo_beta": 0.5},
+                  {"max_precond_dim": 5, "weight_decay": 0.0, "betas": (0.9, 0.99),
+                   "lr": T(0.01)}],
+         members={"lr": [0.001, 0.01, 0.03], "betas": ([0.9, 0.5, 0.0], [0.999, 0.9, 0.5]),
+                  "shampoo_beta": [0.95, 0.5, 0.0], "eps": [1e-8, 1e-3, 1e-5],
+                  "weight_decay": [0.0, 0.1, 0.01]},
+         quadratic={"lr": 0.05}, torch_twin=False),
+]
+
+CASES = (TORCH_CASES + BEYOND_TORCH_CASES + LR_FREE_CASES  # every optimizer: invariants,
+         + PRECONDITIONER_CASES)  # populations
 BY_NAME = {c.name: c for c in CASES}
 
 

@@ -301,3 +301,201 @@ def test_closure_optimizers_train_through_metaopt_train_and_populations(case):
     pop = Population(task, case.name, [case.quadratic] * 2, seeds=[0, 1])
     assert pop.engine.mode == "loop"
     pop.run(3, progress=False)
+
+
+# -- Shampoo and SOAP ---------------------------------------------------------------------
+def _matrix_problem(m=6, n=6, seed=1):
+    """A least-squares loss of one m×n matrix (full-rank gradients when m == n)."""
+    g = torch.Generator().manual_seed(seed)
+    w0 = torch.randn(m, n, generator=g, dtype=torch.float64)
+    x = torch.randn(16, n, generator=g, dtype=torch.float64)
+    y = torch.randn(16, m, generator=g, dtype=torch.float64)
+    return w0, lambda w: ((x @ w.T - y) ** 2).mean()
+
+
+@pytest.mark.parametrize("grafting,twin", [
+    ("adam", lambda ps: metaopt.optim.AdamW(ps, lr=0.01, weight_decay=0.1, backend="reference")),
+    ("sgd", lambda ps: metaopt.optim.SGD(ps, lr=0.01, momentum=0.9, backend="reference"))])
+def test_shampoo_without_preconditioning_is_its_grafted_optimizer_exactly(grafting, twin):
+    params, loss = problem()
+    wd = 0.1 if grafting == "adam" else 0.0
+    ours, _ = run_steps(lambda ps: metaopt.optim.Shampoo(
+        ps, lr=0.01, weight_decay=wd, grafting=grafting, start_preconditioning_step=10 ** 9),
+        params, loss, 8)
+    theirs, _ = run_steps(twin, params, loss, 8)
+    for a, b in zip(ours, theirs):
+        assert torch.equal(a, b)
+    torch_twin = (torch.optim.AdamW(_copies(params), lr=0.01, weight_decay=0.1)
+                  if grafting == "adam" else torch.optim.SGD(_copies(params), lr=0.01,
+                                                             momentum=0.9))
+    ref, _ = run_steps(lambda ps: torch_twin, torch_twin.param_groups[0]["params"], loss, 8,
+                       copy=False)
+    for a, b in zip(ours, ref):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-14)
+
+
+def _copies(params):
+    return [p.detach().clone().requires_grad_(True) for p in params]
+
+
+def run_steps(make, params, loss, steps, copy=True):
+    ps = _copies(params) if copy else params
+    opt = make(ps)
+    for _ in range(steps):
+        opt.zero_grad()
+        loss(ps).backward()
+        opt.step()
+    return ps, opt
+
+
+@pytest.mark.parametrize("block_size,shape", [(4, (7, 5)), (16, (6, 6)), (3, (5,))])
+def test_shampoo_preconditioner_equals_a_dense_float64_reference(block_size, shape):
+    """Raw Shampoo (no grafting, no momentum), roots every step, blocks of ``block_size``
+    (padded at the edges): each block B moves by -lr·L^(-1/4) B R^(-1/4) with L = Σ B Bᵀ,
+    R = Σ BᵀB, or -lr·(Σ b bᵀ + εI)^(-1/2) b for a vector (powers by numpy's eigh on each
+    unpadded block)."""
+    import numpy as np
+
+    def fractional_matrix_power(a, power):
+        values, vectors = np.linalg.eigh(a)
+        return (vectors * values ** power) @ vectors.T
+
+    g = torch.Generator().manual_seed(1)
+    w0 = torch.randn(shape, generator=g, dtype=torch.float64)
+    target = torch.randn(shape, generator=g, dtype=torch.float64)
+    mix = torch.randn(shape[-1], shape[-1], generator=g, dtype=torch.float64)
+
+    def loss(w):
+        return (((w - target) @ mix) ** 2 * (1 + w ** 2)).sum()
+
+    lr, eps = 0.05, 1e-6
+    w = w0.clone().requires_grad_(True)
+    opt = metaopt.optim.Shampoo([w], lr=lr, grafting="none", betas=(0.0, 0.999), eps=eps,
+                                precondition_frequency=1, start_preconditioning_step=1,
+                                block_size=block_size)
+    ref = w0.clone()
+    sums: dict = {}
+    for _ in range(4):
+        opt.zero_grad()
+        loss(w).backward()
+        opt.step()
+        r = ref.clone().requires_grad_(True)
+        loss(r).backward()
+        grad = r.grad.reshape(shape[0], -1).numpy()  # a vector as a column
+        update = np.zeros_like(grad)
+        for i in range(0, grad.shape[0], block_size):
+            for j in range(0, grad.shape[1], block_size):
+                b = grad[i:i + block_size, j:j + block_size]
+                left, right = sums.get((i, j), (0, 0))
+                left, right = left + b @ b.T, right + b.T @ b
+                sums[(i, j)] = (left, right)
+                root = -0.25 if len(shape) == 2 else -0.5
+                u = fractional_matrix_power(left + eps * np.eye(len(left)), root) @ b
+                if len(shape) == 2:
+                    u = u @ fractional_matrix_power(right + eps * np.eye(len(right)), root)
+                update[i:i + block_size, j:j + block_size] = u
+        ref = ref - lr * torch.from_numpy(update).reshape(shape)
+        torch.testing.assert_close(w.detach(), ref, rtol=0, atol=1e-10)
+
+
+def test_shampoo_grafts_each_block_onto_adams_step_norm():
+    w0, loss = _matrix_problem(7, 5)
+    w = w0.clone().requires_grad_(True)
+    twin = w0.clone().requires_grad_(True)
+    opt = metaopt.optim.Shampoo([w], lr=0.01, precondition_frequency=1,
+                                start_preconditioning_step=1, block_size=4)
+    adam = metaopt.optim.Adam([twin], lr=0.01)
+    for x, o in ((w, opt), (twin, adam)):
+        o.zero_grad()
+        loss(x).backward()
+        o.step()
+    for rows in (slice(0, 4), slice(4, 7)):
+        for cols in (slice(0, 4), slice(4, 5)):
+            ours = (w.detach() - w0)[rows, cols].norm()
+            adams = (twin.detach() - w0)[rows, cols].norm()
+            torch.testing.assert_close(ours, adams, rtol=1e-12, atol=0)
+    assert not torch.allclose(w.detach(), twin.detach())  # same norms, other directions
+
+
+@pytest.mark.parametrize("shape", [(6, 6), (3, 4, 2)])
+def test_soap_with_frequency_one_matches_a_dense_float64_reference(shape):
+    """SOAP as one big Kronecker-rotated AdamW: with Q = Q₁ ⊗ Q₂ (⊗ Q₃) the eigenbases of the
+    factors' EMAs, v ← β₂v + (1-β₂)(Qᵀg)², u = Q(Qᵀm / (√v̂ + ε)). ε = 1e-3: the rotated
+    gradient is near-diagonal early on, and ε⁻¹ amplifies rounding in its zero entries (at
+    ε = 1e-8 the two agree to ~1e-8 only)."""
+    g = torch.Generator().manual_seed(2)
+    w0 = torch.randn(shape, generator=g, dtype=torch.float64)
+    target = torch.randn(shape, generator=g, dtype=torch.float64)
+
+    def loss(w):
+        return ((w - target) ** 2 * (1 + w ** 2)).sum() + (w.sum(0) ** 2).sum()
+
+    b1, b2, bs, lr, eps, wd = 0.9, 0.95, 0.8, 0.05, 1e-3, 0.01
+    w = w0.clone().requires_grad_(True)
+    opt = metaopt.optim.SOAP([w], lr=lr, betas=(b1, b2), shampoo_beta=bs, eps=eps,
+                             weight_decay=wd, precondition_frequency=1)
+    ref = w0.clone()
+    factors = [torch.zeros(d, d, dtype=torch.float64) for d in shape]
+    m = torch.zeros(w0.numel(), dtype=torch.float64)
+    v = torch.zeros(w0.numel(), dtype=torch.float64)
+    for t in range(1, 6):
+        opt.zero_grad()
+        loss(w).backward()
+        opt.step()
+        r = ref.clone().requires_grad_(True)
+        loss(r).backward()
+        grad = r.grad
+        q = torch.ones(1, 1, dtype=torch.float64)
+        for i, d in enumerate(shape):
+            unfolded = grad.movedim(i, 0).reshape(d, -1)
+            factors[i] = bs * factors[i] + (1 - bs) * unfolded @ unfolded.T
+            q = torch.kron(q, torch.linalg.eigh(factors[i]).eigenvectors)
+        flat = grad.reshape(-1)
+        m = b1 * m + (1 - b1) * flat
+        v = b2 * v + (1 - b2) * (q.T @ flat) ** 2
+        u = q @ ((q.T @ m) / ((v / (1 - b2 ** t)).sqrt() + eps))
+        ref = ref * (1 - lr * wd) - lr / (1 - b1 ** t) * u.reshape(shape)
+        torch.testing.assert_close(w.detach(), ref, rtol=0, atol=1e-10)
+
+
+def test_soap_without_a_basis_is_adamw_exactly():
+    params, loss = problem()
+    ours, _ = run_steps(lambda ps: metaopt.optim.SOAP(ps, lr=0.01, betas=(0.9, 0.999),
+                                                      max_precond_dim=1), params, loss, 8)
+    theirs, _ = run_steps(lambda ps: metaopt.optim.AdamW(ps, lr=0.01, betas=(0.9, 0.999),
+                                                         backend="reference"), params, loss, 8)
+    for a, b in zip(ours, theirs):
+        assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("name,kwargs", [
+    ("shampoo", {"precondition_frequency": 3, "start_preconditioning_step": 2,
+                 "block_size": 4}),
+    ("soap", {"precondition_frequency": 3, "precondition_1d": True, "block_size": 4})])
+def test_preconditioned_members_equal_separate_runs_and_reset_on_their_own_clock(name,
+                                                                               kwargs):
+    """Population members with preconditioning on (the shared population tests run the
+    defaults, which precondition later): equal to separate runs, and a member reset at step 4
+    follows its own root schedule from there, like a fresh optimizer."""
+    from optim_cases import BY_NAME, member_kwargs, population_kwargs, stacked_problem
+
+    case = BY_NAME[name]
+    stacked, loss, members = stacked_problem(case, 3)
+    pop, opt = run_steps(lambda ps: metaopt.optim.create(name, ps, population=3, **kwargs,
+                                                         **population_kwargs(case)),
+                         stacked, loss, 4)
+    with torch.no_grad():
+        pop[0][1] = stacked[0][1]
+        for p, init in zip(pop[1:], stacked[1:]):
+            p[1] = init[1]
+    opt.reset_member(1)
+    assert opt.param_groups[0]["clock"] == [4, 0, 4]
+    for _ in range(5):
+        opt.zero_grad()
+        loss(pop).backward()
+        opt.step()
+    for i, steps in ((0, 9), (1, 5), (2, 9)):
+        single, _ = run_steps(lambda ps, i=i: metaopt.optim.create(
+            name, ps, **kwargs, **member_kwargs(case, i)), members[i][0], members[i][1], steps)
+        for s, p in zip(pop, single):
+            torch.testing.assert_close(s[i].detach(), p.detach(), rtol=1e-11, atol=1e-12)

@@ -36,6 +36,8 @@ from metaopt.optim.registry import (
 from metaopt.optim.rmsprop import RMSprop
 from metaopt.optim.schedulefree import AdamWScheduleFree, SGDScheduleFree
 from metaopt.optim.sgd import SGD
+from metaopt.optim.shampoo import Shampoo
+from metaopt.optim.soap import SOAP
 
 for _cls in (SGD, Adagrad, RMSprop, Adam, AdamW, Adamax, NAdam, RAdam, Adadelta, Adafactor,
              Muon):
@@ -49,8 +51,10 @@ for _name, _cls in (("prodigy", Prodigy), ("dadapt_adam", DAdaptAdam), ("dadapt_
                     ("schedulefree_adamw", AdamWScheduleFree),
                     ("schedulefree_sgd", SGDScheduleFree)):
     register(_name, _cls)
-# second-order and curvature methods (closures: the trainers step their members one by one)
-for _name, _cls in (("lbfgs", LBFGS), ("newton", Newton), ("hessian_free", HessianFree)):
+# second-order and curvature methods (L-BFGS, Newton and Hessian-free need closures: the
+# trainers step their members one by one; Shampoo and SOAP stack populations)
+for _name, _cls in (("lbfgs", LBFGS), ("newton", Newton), ("hessian_free", HessianFree),
+                    ("shampoo", Shampoo), ("soap", SOAP)):
     register(_name, _cls)
 
 __all__ = [
@@ -61,5 +65,5 @@ __all__ = [
     "AdaBound", "LAMB", "Lion", "Lookahead",
     "Prodigy", "DAdaptAdam", "DAdaptSGD", "AdamWScheduleFree", "SGDScheduleFree",
     "schedule_free", "evaluating", "eval_mode", "train_mode",
-    "LBFGS", "Newton", "HessianFree",
+    "LBFGS", "Newton", "HessianFree", "Shampoo", "SOAP",
 ]
