@@ -26,6 +26,7 @@ BUILTINS = [
     "quadratic",
     "rosenbrock",
     "logistic_breast_cancer",
+    "ill_conditioned_regression",
     "digits_mlp",
     "digits_mlp_sigmoid",
     "digits_cnn",

@@ -38,6 +38,7 @@ from metaopt.optim.schedulefree import AdamWScheduleFree, SGDScheduleFree
 from metaopt.optim.sgd import SGD
 from metaopt.optim.shampoo import Shampoo
 from metaopt.optim.soap import SOAP
+from metaopt.optim.state_bytes import state_bytes
 
 for _cls in (SGD, Adagrad, RMSprop, Adam, AdamW, Adamax, NAdam, RAdam, Adadelta, Adafactor,
              Muon):
@@ -65,5 +66,5 @@ __all__ = [
     "AdaBound", "LAMB", "Lion", "Lookahead",
     "Prodigy", "DAdaptAdam", "DAdaptSGD", "AdamWScheduleFree", "SGDScheduleFree",
     "schedule_free", "evaluating", "eval_mode", "train_mode",
-    "LBFGS", "Newton", "HessianFree", "Shampoo", "SOAP",
+    "LBFGS", "Newton", "HessianFree", "Shampoo", "SOAP", "state_bytes",
 ]

@@ -16,6 +16,7 @@ BUILTINS: dict[str, str] = {
     "quadratic": "metaopt.tasks.quadratic:quadratic",
     "rosenbrock": "metaopt.tasks.rosenbrock:rosenbrock",
     "logistic_breast_cancer": "metaopt.tasks.logistic:logistic_breast_cancer",
+    "ill_conditioned_regression": "metaopt.tasks.ill_conditioned:ill_conditioned_regression",
     "digits_mlp": "metaopt.tasks.digits_mlp:digits_mlp",
     "digits_mlp_sigmoid": "metaopt.tasks.digits_mlp:digits_mlp_sigmoid",
     "digits_cnn": "metaopt.tasks.digits_cnn:digits_cnn",
