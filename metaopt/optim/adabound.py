@@ -20,7 +20,7 @@ import torch
 from torch import Tensor
 
 from metaopt.optim.adam import BETAS
-from metaopt.optim.elementwise import per_parameter
+from metaopt.optim.elementwise import nonzero, per_parameter
 from metaopt.optim.hyperparams import Hyper
 from metaopt.optim.members import new_step
 from metaopt.optim.optimizer import MetaOptimizer, State
@@ -49,7 +49,8 @@ def bounds(hp: Mapping[str, Tensor], step: Tensor) -> tuple[Tensor, Tensor]:
 def coefficients(hp: Mapping[str, Tensor], counters: dict, opts: Mapping[str, Any]) -> dict:
     step = counters["step"].add_(1)
     lower, upper = bounds(hp, step)
-    return {"weight_decay": hp["weight_decay"], "one_minus_beta1": 1 - hp["beta1"],
+    return {"weight_decay": hp["weight_decay"], "decays": nonzero(hp["weight_decay"]),
+            "one_minus_beta1": 1 - hp["beta1"],
             "beta2": hp["beta2"], "one_minus_beta2": 1 - hp["beta2"], "eps": hp["eps"],
             "step_size": hp["lr"] * (1 - hp["beta2"] ** step).sqrt() / (1 - hp["beta1"] ** step),
             "lower": lower, "upper": upper}
@@ -59,7 +60,8 @@ def update(p: Tensor, g: Tensor, s: State, c: Mapping[str, Tensor],
            opts: Mapping[str, Any]) -> None:
     """m = β1 m + (1-β1) g; v = β2 v + (1-β2) g²;
     p -= clip(lr·√(1-β2ᵗ)/(1-β1ᵗ) / (√v + eps), η_l(t), η_u(t)) · m (max(v) under amsbound)."""
-    g = torch.addcmul(g, p, c["weight_decay"])
+    if c["decays"]:
+        g = torch.addcmul(g, p, c["weight_decay"])
     exp_avg, exp_avg_sq = s["exp_avg"], s["exp_avg_sq"]
     exp_avg.lerp_(g, c["one_minus_beta1"])
     exp_avg_sq.mul_(c["beta2"]).addcmul_(torch.mul(g, c["one_minus_beta2"]), g)
@@ -68,7 +70,7 @@ def update(p: Tensor, g: Tensor, s: State, c: Mapping[str, Tensor],
         second = torch.maximum(s["max_exp_avg_sq"], exp_avg_sq, out=s["max_exp_avg_sq"])
     rate = second.sqrt().add_(c["eps"])
     rate = torch.div(c["step_size"], rate, out=rate).clamp_(c["lower"], c["upper"])
-    p.sub_(rate.mul_(exp_avg))
+    p.addcmul_(rate, exp_avg, value=-1)
 
 
 class AdaBound(MetaOptimizer):

@@ -8,7 +8,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from metaopt.optim.elementwise import per_parameter
+from metaopt.optim.elementwise import nonzero, per_parameter
 from metaopt.optim.hyperparams import Hyper
 from metaopt.optim.members import new_step
 from metaopt.optim.optimizer import MetaOptimizer, State
@@ -23,13 +23,14 @@ def init(param: Tensor, hp: Mapping[str, Tensor], opts: Mapping[str, Any]) -> St
 def coefficients(hp: Mapping[str, Tensor], counters: dict, opts: Mapping[str, Any]) -> dict:
     counters["step"].add_(1)
     return {"neg_lr": -hp["lr"], "rho": hp["rho"], "one_minus_rho": 1 - hp["rho"], "eps": hp["eps"],
-            "weight_decay": hp["weight_decay"]}
+            "weight_decay": hp["weight_decay"], "decays": nonzero(hp["weight_decay"])}
 
 
 def update(p: Tensor, g: Tensor, s: State, c: Mapping[str, Tensor],
            opts: Mapping[str, Any]) -> None:
     """Δ = √(E[Δ²] + eps) / √(E[g²] + eps) · g; p -= lr Δ."""
-    g = torch.addcmul(g, p, c["weight_decay"])
+    if c["decays"]:
+        g = torch.addcmul(g, p, c["weight_decay"])
     square_avg, acc_delta = s["square_avg"], s["acc_delta"]
     square_avg.mul_(c["rho"]).addcmul_(torch.mul(g, c["one_minus_rho"]), g)
     std = torch.add(square_avg, c["eps"]).sqrt_()

@@ -8,7 +8,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from metaopt.optim.elementwise import counter, per_parameter, row, torch_fused
+from metaopt.optim.elementwise import counter, nonzero, per_parameter, row, torch_fused
 from metaopt.optim.hyperparams import Hyper
 from metaopt.optim.members import new_step, per_member
 from metaopt.optim.optimizer import MetaOptimizer, State
@@ -22,17 +22,19 @@ def init(param: Tensor, hp: Mapping[str, Tensor], opts: Mapping[str, Any]) -> St
 
 def coefficients(hp: Mapping[str, Tensor], counters: dict, opts: Mapping[str, Any]) -> dict:
     step = counters["step"].add_(1)
-    return {"weight_decay": hp["weight_decay"], "eps": hp["eps"],
+    return {"weight_decay": hp["weight_decay"], "decays": nonzero(hp["weight_decay"]),
+            "eps": hp["eps"],
             "neg_clr": -(hp["lr"] / (1 + (step - 1) * hp["lr_decay"]))}
 
 
 def update(p: Tensor, g: Tensor, s: State, c: Mapping[str, Tensor],
            opts: Mapping[str, Any]) -> None:
     """sum += g²; p -= lr / (1 + (t - 1) lr_decay) * g / (√sum + eps)."""
-    g = torch.addcmul(g, p, c["weight_decay"])
+    if c["decays"]:
+        g = torch.addcmul(g, p, c["weight_decay"])
     s["sum"].addcmul_(g, g)
     std = s["sum"].sqrt().add_(c["eps"])
-    p.addcmul_(g.div_(std), c["neg_clr"])
+    p.addcmul_(torch.div(g, std, out=std), c["neg_clr"])
 
 
 def fused_rows(bucket: Any, grad: Tensor, hp: Mapping[str, Tensor],

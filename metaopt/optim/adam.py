@@ -8,7 +8,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from metaopt.optim.elementwise import counter, per_parameter, row, torch_fused
+from metaopt.optim.elementwise import counter, nonzero, per_parameter, row, torch_fused
 from metaopt.optim.hyperparams import Hyper
 from metaopt.optim.members import new_step
 from metaopt.optim.optimizer import MetaOptimizer, State
@@ -29,12 +29,15 @@ def init(param: Tensor, hp: Mapping[str, Tensor], opts: Mapping[str, Any]) -> St
 
 def decay_coefficients(hp: Mapping[str, Tensor], decoupled: bool) -> dict[str, Tensor]:
     """Decoupled: p shrinks by ``1 - lr·wd``; coupled (L2): ``wd·p`` joins the gradient."""
+    decays = nonzero(hp["weight_decay"])
     if decoupled:
-        return {"decay": 1 - hp["lr"] * hp["weight_decay"]}
-    return {"l2": hp["weight_decay"]}
+        return {"decay": 1 - hp["lr"] * hp["weight_decay"], "decays": decays}
+    return {"l2": hp["weight_decay"], "decays": decays}
 
 
 def apply_weight_decay(p: Tensor, g: Tensor, c: Mapping[str, Tensor]) -> Tensor:
+    if not c["decays"]:
+        return g
     if "decay" in c:
         p.mul_(c["decay"])
         return g

@@ -9,7 +9,7 @@ import torch
 from torch import Tensor
 
 from metaopt.optim.adam import BETAS
-from metaopt.optim.elementwise import per_parameter
+from metaopt.optim.elementwise import nonzero, per_parameter
 from metaopt.optim.hyperparams import Hyper
 from metaopt.optim.members import new_step
 from metaopt.optim.optimizer import MetaOptimizer, State
@@ -23,18 +23,21 @@ def init(param: Tensor, hp: Mapping[str, Tensor], opts: Mapping[str, Any]) -> St
 
 def coefficients(hp: Mapping[str, Tensor], counters: dict, opts: Mapping[str, Any]) -> dict:
     step = counters["step"].add_(1)
-    return {"weight_decay": hp["weight_decay"], "one_minus_beta1": 1 - hp["beta1"],
+    return {"weight_decay": hp["weight_decay"], "decays": nonzero(hp["weight_decay"]),
+            "one_minus_beta1": 1 - hp["beta1"],
             "beta2": hp["beta2"], "eps": hp["eps"], "neg_clr": -(hp["lr"] / (1 - hp["beta1"] ** step))}
 
 
 def update(p: Tensor, g: Tensor, s: State, c: Mapping[str, Tensor],
            opts: Mapping[str, Any]) -> None:
     """m = β1 m + (1-β1) g; u = max(β2 u, |g| + eps); p -= lr/(1-β1ᵗ) · m / u."""
-    g = torch.addcmul(g, p, c["weight_decay"])
+    if c["decays"]:
+        g = torch.addcmul(g, p, c["weight_decay"])
     s["exp_avg"].lerp_(g, c["one_minus_beta1"])
     exp_inf = s["exp_inf"]
-    torch.maximum(exp_inf.mul_(c["beta2"]), g.abs_().add_(c["eps"]), out=exp_inf)
-    p.addcmul_(torch.div(s["exp_avg"], exp_inf, out=g), c["neg_clr"])
+    bound = torch.abs(g).add_(c["eps"])
+    torch.maximum(exp_inf.mul_(c["beta2"]), bound, out=exp_inf)
+    p.addcmul_(torch.div(s["exp_avg"], exp_inf, out=bound), c["neg_clr"])
 
 
 class Adamax(MetaOptimizer):

@@ -29,9 +29,11 @@ one over the whole bucket):
   ``max(2¹⁸, numel / 16)`` elements, so that bounds the step's temporary memory.
 - ``grad`` is the caller's (negated for ``maximize``): never modify it in place; a
   temporary derived from it is yours.
-- Never read a tensor into Python (no ``bool(t)``, ``.item()``): the same function is
-  compiled. torch's own fused kernels, which take Python floats, go in a separate
-  ``fused_rows(bucket, grad, hp, opts) -> bool`` (see :func:`torch_fused`).
+- Never read a tensor into Python in ``update`` (no ``bool(t)``, ``.item()``): the same
+  function is compiled. A term that is zero for every member is skipped through a Python
+  flag from ``coefficients`` (:func:`nonzero`: ``c["decays"]``). torch's own fused kernels,
+  which take Python floats, go in a separate ``fused_rows(bucket, grad, hp, opts) -> bool``
+  (see :func:`torch_fused`).
 
 *Segmented* rules (LAMB's per-tensor trust ratio) also need a reduction per parameter, so
 their update comes in three parts over tensors seen as blocks, ``[*members, n_blocks, block]``:
@@ -92,9 +94,20 @@ def counter(bucket: Any, key: str, i: int | None) -> Tensor:
     return rows[0] if i is None else rows[0, i]
 
 
+def nonzero(value: Tensor) -> bool:
+    """Whether a hyperparameter (0-d or ``[P]``) may be non-zero for some member: a Python
+    flag a ``coefficients`` phase returns so that ``update`` skips a term that is zero for
+    every member (weight decay 0, as torch skips it). Read only on the CPU, where it costs a
+    microsecond; elsewhere (a read would synchronise the device) True, and the term is
+    computed and adds 0. The compiled backend specialises on the flag (one variant each)."""
+    return value.device.type != "cpu" or bool(value.any())
+
+
 def broadcast(coefficients: Mapping[str, Tensor], like: Tensor) -> dict[str, Tensor]:
-    """Each coefficient shaped to broadcast against ``like`` (``[P]`` -> ``[P, 1, ...]``)."""
-    return {k: per_member(v, like) for k, v in coefficients.items()}
+    """Each coefficient shaped to broadcast against ``like`` (``[P]`` -> ``[P, 1, ...]``);
+    Python flags (:func:`nonzero`) as they are."""
+    return {k: per_member(v, like) if isinstance(v, Tensor) else v
+            for k, v in coefficients.items()}
 
 
 @dataclass(frozen=True)

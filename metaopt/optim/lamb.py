@@ -14,7 +14,7 @@ import torch
 from torch import Tensor
 
 from metaopt.optim.adam import BETAS
-from metaopt.optim.elementwise import per_parameter_segmented
+from metaopt.optim.elementwise import nonzero, per_parameter_segmented
 from metaopt.optim.hyperparams import Hyper
 from metaopt.optim.members import new_step
 from metaopt.optim.optimizer import MetaOptimizer, State
@@ -27,38 +27,40 @@ def init(param: Tensor, hp: Mapping[str, Tensor], opts: Mapping[str, Any]) -> St
 
 
 def coefficients(hp: Mapping[str, Tensor], counters: dict, opts: Mapping[str, Any]) -> dict:
+    """Bias corrections folded into two coefficients: with b1 = 1-β1ᵗ, b2 = 1-β2ᵗ (1 without
+    bias correction), m̂ / (√v̂ + eps) = √b2/b1 · m / (√v + eps·√b2)."""
     step = counters["step"].add_(1)
-    c = {"lr": hp["lr"], "one_minus_beta1": 1 - hp["beta1"], "beta2": hp["beta2"],
-         "one_minus_beta2": 1 - hp["beta2"], "eps": hp["eps"],
-         "weight_decay": hp["weight_decay"]}
     if opts["bias_correction"]:
-        c["bias_correction1"] = 1 - hp["beta1"] ** step
-        c["bias_correction2"] = 1 - hp["beta2"] ** step
-    return c
-
-
-def direction(p: Tensor, s: State, c: Mapping[str, Tensor], opts: Mapping[str, Any]) -> Tensor:
-    """u = m̂ / (√v̂ + eps) + wd·p, with m̂ = m/(1-β1ᵗ), v̂ = v/(1-β2ᵗ) (or m, v as they are),
-    from the stored (already updated) moments: a new tensor."""
-    m, v = s["exp_avg"], s["exp_avg_sq"]
-    if opts["bias_correction"]:
-        denom = torch.div(v, c["bias_correction2"]).sqrt_().add_(c["eps"])
-        u = torch.div(m, c["bias_correction1"]).div_(denom)
+        root = (1 - hp["beta2"] ** step).sqrt()
+        scale = root / (1 - hp["beta1"] ** step)
     else:
-        denom = v.sqrt().add_(c["eps"])
-        u = torch.div(m, denom, out=denom)
-    return u.addcmul_(p, c["weight_decay"])
+        root = scale = torch.ones_like(hp["lr"])
+    return {"lr": hp["lr"], "one_minus_beta1": 1 - hp["beta1"],
+            "one_minus_beta2": 1 - hp["beta2"], "eps": hp["eps"] * root, "scale": scale,
+            "weight_decay": hp["weight_decay"], "decays": nonzero(hp["weight_decay"])}
+
+
+def quotient(s: State, c: Mapping[str, Tensor]) -> Tensor:
+    """m / (√v + eps·√b2) from the stored moments: a new tensor (Adam's direction is this
+    times √b2/b1)."""
+    q = s["exp_avg_sq"].sqrt().add_(c["eps"])
+    return torch.div(s["exp_avg"], q, out=q)
 
 
 def measure(p: Tensor, g: Tensor, s: State, c: Mapping[str, Tensor],
             opts: Mapping[str, Any]) -> tuple[Tensor, Tensor]:
     """The moments m = β1 m + (1-β1) g and v = β2 v + (1-β2) g², stored; then the per-block
-    sums of p² and u² (``apply`` recomputes u from the stored moments)."""
+    sums of p² and u², u = m̂ / (√v̂ + eps) + wd·p (``apply`` recomputes u from the moments)."""
     s["exp_avg"].lerp_(g, c["one_minus_beta1"])
-    s["exp_avg_sq"].mul_(c["beta2"]).addcmul_(torch.mul(g, c["one_minus_beta2"]), g)
-    u = direction(p, s, c, opts)
-    return (torch.linalg.vector_norm(p, dim=-1).square_(),
-            torch.linalg.vector_norm(u, dim=-1).square_())
+    s["exp_avg_sq"].lerp_(torch.mul(g, g), c["one_minus_beta2"])
+    q = quotient(s, c)
+    if c["decays"]:
+        update_norm = torch.linalg.vector_norm(q.mul_(c["scale"]).addcmul_(p, c["weight_decay"]),
+                                               dim=-1)
+    else:
+        update_norm = (torch.linalg.vector_norm(q, dim=-1, keepdim=True)
+                       * c["scale"]).squeeze(-1)
+    return torch.linalg.vector_norm(p, dim=-1).square_(), update_norm.square_()
 
 
 def combine(weight_sq: Tensor, update_sq: Tensor) -> Tensor:
@@ -71,7 +73,11 @@ def apply(p: Tensor, g: Tensor, s: State, c: Mapping[str, Tensor], opts: Mapping
           ratio: Tensor) -> None:
     """p -= lr · ||p||/||u|| · u: Adam's direction with weight decay, rescaled per tensor (per
     member) by the trust ratio (You et al. 2020)."""
-    p.addcmul_(direction(p, s, c, opts), -(c["lr"] * ratio))
+    q = quotient(s, c)
+    if c["decays"]:
+        p.addcmul_(q.mul_(c["scale"]).addcmul_(p, c["weight_decay"]), -(c["lr"] * ratio))
+    else:
+        p.addcmul_(q, -(c["lr"] * ratio * c["scale"]))
 
 
 class LAMB(MetaOptimizer):

@@ -14,7 +14,7 @@ import torch
 from torch import Tensor
 
 from metaopt.optim.adam import BETAS
-from metaopt.optim.elementwise import per_parameter
+from metaopt.optim.elementwise import nonzero, per_parameter
 from metaopt.optim.hyperparams import Hyper
 from metaopt.optim.optimizer import MetaOptimizer, State
 
@@ -25,6 +25,7 @@ def init(param: Tensor, hp: Mapping[str, Tensor], opts: Mapping[str, Any]) -> St
 
 def coefficients(hp: Mapping[str, Tensor], counters: dict, opts: Mapping[str, Any]) -> dict:
     return {"neg_lr": -hp["lr"], "decay": 1 - hp["lr"] * hp["weight_decay"],
+            "decays": nonzero(hp["weight_decay"]),
             "one_minus_beta1": 1 - hp["beta1"], "one_minus_beta2": 1 - hp["beta2"]}
 
 
@@ -33,7 +34,8 @@ def update(p: Tensor, g: Tensor, s: State, c: Mapping[str, Tensor],
     """u = sign(β1 m + (1-β1) g); p ← p(1 - lr·wd) - lr·u; m ← β2 m + (1-β2) g."""
     exp_avg = s["exp_avg"]
     direction = torch.lerp(exp_avg, g, c["one_minus_beta1"]).sign_()
-    p.mul_(c["decay"])
+    if c["decays"]:
+        p.mul_(c["decay"])
     p.addcmul_(direction, c["neg_lr"])
     exp_avg.lerp_(g, c["one_minus_beta2"])
 

@@ -8,7 +8,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from metaopt.optim.elementwise import per_parameter
+from metaopt.optim.elementwise import nonzero, per_parameter
 from metaopt.optim.hyperparams import Hyper
 from metaopt.optim.members import new_step
 from metaopt.optim.optimizer import MetaOptimizer, State
@@ -28,14 +28,16 @@ def init(param: Tensor, hp: Mapping[str, Tensor], opts: Mapping[str, Any]) -> St
 
 def coefficients(hp: Mapping[str, Tensor], counters: dict, opts: Mapping[str, Any]) -> dict:
     counters["step"].add_(1)
-    return {"neg_lr": -hp["lr"], "weight_decay": hp["weight_decay"], "alpha": hp["alpha"],
+    return {"neg_lr": -hp["lr"], "weight_decay": hp["weight_decay"],
+            "decays": nonzero(hp["weight_decay"]), "alpha": hp["alpha"],
             "one_minus_alpha": 1 - hp["alpha"], "eps": hp["eps"], "momentum": hp["momentum"]}
 
 
 def update(p: Tensor, g: Tensor, s: State, c: Mapping[str, Tensor],
            opts: Mapping[str, Any]) -> None:
     """v = α v + (1 - α) g²; p -= lr * g / (√(v - ḡ²) + eps), optionally through momentum."""
-    g = torch.addcmul(g, p, c["weight_decay"])
+    if c["decays"]:
+        g = torch.addcmul(g, p, c["weight_decay"])
     square_avg = s["square_avg"]
     square_avg.mul_(c["alpha"]).addcmul_(torch.mul(g, c["one_minus_alpha"]), g)
     if opts["centered"]:
@@ -49,7 +51,7 @@ def update(p: Tensor, g: Tensor, s: State, c: Mapping[str, Tensor],
         buf.mul_(c["momentum"]).addcdiv_(g, avg)
         p.addcmul_(buf, c["neg_lr"])
     else:
-        p.addcmul_(g.div_(avg), c["neg_lr"])
+        p.addcmul_(torch.div(g, avg, out=avg), c["neg_lr"])
 
 
 class RMSprop(MetaOptimizer):

@@ -8,7 +8,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from metaopt.optim.elementwise import per_parameter, row, torch_fused
+from metaopt.optim.elementwise import nonzero, per_parameter, row, torch_fused
 from metaopt.optim.hyperparams import Hyper
 from metaopt.optim.members import new_step
 from metaopt.optim.optimizer import MetaOptimizer, State
@@ -28,6 +28,7 @@ def coefficients(hp: Mapping[str, Tensor], counters: dict, opts: Mapping[str, An
     first = counters["step"] == 0
     counters["step"].add_(1)
     return {"neg_lr": -hp["lr"], "weight_decay": hp["weight_decay"], "momentum": momentum,
+            "decays": nonzero(hp["weight_decay"]),
             "decay": torch.where(first, 0.0, momentum),
             "keep": 1 - torch.where(first | (momentum == 0), 0.0, hp["dampening"])}
 
@@ -35,14 +36,12 @@ def coefficients(hp: Mapping[str, Tensor], counters: dict, opts: Mapping[str, An
 def update(p: Tensor, g: Tensor, s: State, c: Mapping[str, Tensor],
            opts: Mapping[str, Any]) -> None:
     """p -= lr * d, where d is the gradient (plus weight decay) or its momentum average."""
-    g = torch.addcmul(g, p, c["weight_decay"])
+    if c["decays"]:
+        g = torch.addcmul(g, p, c["weight_decay"])
     if "momentum_buffer" in s:
         buf = s["momentum_buffer"]
         buf.mul_(c["decay"]).addcmul_(g, c["keep"])
-        if opts["nesterov"]:
-            g.addcmul_(buf, c["momentum"])
-        else:
-            g = buf
+        g = torch.addcmul(g, buf, c["momentum"]) if opts["nesterov"] else buf
     p.addcmul_(g, c["neg_lr"])
 
 
