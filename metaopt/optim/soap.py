@@ -9,10 +9,14 @@ second moment lives; the first moment stays in the original space and is rotated
 (as the authors' code does), and the normalised step is rotated back:
 p ← p(1 - lr·wd) - lr/(1-β₁ᵗ) · Q(m' / (√(v/(1-β₂ᵗ)) + ε)).
 
-Unlike the authors' code, the factors are updated with the current gradient *before* the
-basis and the step (so the first step already moves, in the first gradient's eigenbasis);
-and bases come from ``eigh`` each time (the authors use one power iteration + QR after the
-first). Dimensions longer than ``max_precond_dim`` and, unless ``precondition_1d``, vectors
+As in the authors' code, a parameter's first gradient only builds its factors and basis
+(the rotated gradient is then one coordinate plus rounding noise, which Adam would blow up to
+full-size steps); its moments and bias correction start at the second step. Unlike it, the
+factors are updated with the current gradient *before* the basis and the step; bases come from ``eigh`` each time (the authors use one power iteration + QR after the
+first); and when a basis changes, the second moment is carried into the new one as a
+diagonal, v'ⱼ = Σᵢ (qᵢ·q'ⱼ)² vᵢ per dimension, where the authors keep v as it is (their QR
+step keeps bases close; fresh ``eigh`` bases need not be, and a stale v there diverged on
+ill_conditioned_regression). Dimensions longer than ``max_precond_dim`` and, unless ``precondition_1d``, vectors
 keep the identity basis: a parameter with no basis is stepped by plain AdamW. The basis
 schedule counts steps per member on the host (``kronecker.Clocked``).
 """
@@ -75,19 +79,28 @@ def rule(params: list[Tensor], grads: list[Tensor], states: list[State],
     refresh = kr.due(opts["clock"], 1, opts["precondition_frequency"])
     lr, beta1, beta2, beta = hp["lr"], hp["beta1"], hp["beta2"], hp["shampoo_beta"]
     for p, g, s in zip(params, grads, states):
-        step = s["step"].add_(1).to(lr.dtype)
         dims = preconditioned_dims(p, opts)
+        first = [c == 0 and bool(dims) for c in opts["clock"]]  # a member's first step
         wide = kr.compute_dtype(p.dtype)
         blocks = kr.to_blocks(g, population, block).to(wide)
+        v = s["exp_avg_sq"]
         for i in dims:
             f = s[f"factor_{i}"].lerp_(kr.factor(blocks, i), per_member(1 - beta, s[f"factor_{i}"]))
             if any(refresh):
                 basis = s[f"basis_{i}"]
-                basis.copy_(kr.select(refresh, kr.eigenbasis(f), basis))
+                new = kr.eigenbasis(f)
+                overlap = basis.mT @ new  # old coordinates -> new: P = Q_oldᵀ Q_new
+                v.copy_(kr.select(refresh, kr.along(v, (overlap * overlap).to(v.dtype), i), v))
+                basis.copy_(kr.select(refresh, new, basis))
+        if all(first):
+            continue  # the first gradient only builds the basis (as the authors do)
+        if any(first):
+            kept = {k: s[k].clone() for k in ("step", "exp_avg", "exp_avg_sq")}
+            kept_param = p.clone()
+        step = s["step"].add_(1).to(lr.dtype)
         s["exp_avg"].lerp_(g, per_member(1 - beta1, g))
         rotated_grad = rotate(blocks, s, dims)
         rotated_avg = rotate(kr.to_blocks(s["exp_avg"], population, block).to(wide), s, dims)
-        v = s["exp_avg_sq"]
         v.mul_(per_member(beta2, v)).addcmul_(rotated_grad.to(v.dtype) * per_member(1 - beta2, v),
                                               rotated_grad.to(v.dtype))
         denom = v.sqrt().div_(per_member((1 - beta2 ** step).sqrt(), v))
@@ -96,6 +109,10 @@ def rule(params: list[Tensor], grads: list[Tensor], states: list[State],
         direction = kr.from_blocks(normalised, p, population, block).to(p.dtype)
         p.mul_(per_member(1 - lr * hp["weight_decay"], p))
         p.addcmul_(direction, per_member(-(lr / (1 - beta1 ** step)), p))
+        if any(first):  # members in their first step keep their weights and moments
+            for k, value in kept.items():
+                s[k].copy_(kr.select(first, value, s[k]))
+            p.copy_(kr.select(first, kept_param, p))
 
 
 class SOAP(kr.Clocked):
