@@ -180,6 +180,11 @@ CLOSURE_CASES: list[Case] = [
          quadratic={}, quadratic_steps=3, torch_twin=False),
     Case("hessian_free", [{}, {"cg_max_iter": 5, "damping": 0.1}, {"cg_decay": 0.5}],
          quadratic={"cg_max_iter": 30}, quadratic_steps=5, torch_twin=False),
+    # (the shared problem has no nn.Linear: K-FAC falls back to its base there; its own
+    # layers are tested in test_optim_second_order.py)
+    Case("kfac", [{}, {"base": "adam", "damping": 0.01, "lr": 0.01},
+                  {"lr": 0.05, "momentum": 0.9, "update_freq": 2, "kl_clip": None}],
+         quadratic={"lr": 0.1, "momentum": 0.5}, quadratic_steps=300, torch_twin=False),
 ]
 
 # Kronecker-factored preconditioners (dense float64 references: test_optim_second_order.py).

@@ -239,7 +239,8 @@ def test_closure_state_dict_round_trip_continues_identically(case):
     restored = _make(case)(qs)
     restored.load_state_dict(torch.load(buffer, weights_only=True))
     for a, b in zip(opt.hparams, restored.hparams):
-        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+        assert a.keys() == b.keys()
+        assert all((a[k] is None and b[k] is None) or torch.equal(a[k], b[k]) for k in a)
     for params_, opt_ in ((ps, opt), (qs, restored)):
         for _ in range(3):
             opt_.step(_closure(opt_, params_, loss))
@@ -421,7 +422,8 @@ def test_shampoo_grafts_each_block_onto_adams_step_norm():
 def test_soap_with_frequency_one_matches_a_dense_float64_reference(shape):
     """SOAP as one big Kronecker-rotated AdamW: with Q = Q₁ ⊗ Q₂ (⊗ Q₃) the eigenbases of the
     factors' EMAs, v carried into each new basis (v ← ((Q_oldᵀQ)²)ᵀ v), v ← β₂v + (1-β₂)(Qᵀg)²,
-    u = Q(Qᵀm / (√v̂ + ε)), from the second step on (the first only builds the basis). ε = 1e-3: the rotated
+    u = Q(Qᵀm / (√v̂ + ε)), from the second step on (the first only builds the basis).
+    ε = 1e-3: the rotated
     gradient is near-diagonal early on, and ε⁻¹ amplifies rounding in its zero entries (at
     ε = 1e-8 the two agree to ~1e-8 only)."""
     g = torch.Generator().manual_seed(2)
@@ -506,3 +508,123 @@ def test_preconditioned_members_equal_separate_runs_and_reset_on_their_own_clock
             name, ps, **kwargs, **member_kwargs(case, i)), members[i][0], members[i][1], steps)
         for s, p in zip(pop, single):
             torch.testing.assert_close(s[i].detach(), p.detach(), rtol=1e-11, atol=1e-12)
+
+
+# -- K-FAC ----------------------------------------------------------------------------------
+def _kfac_step(module_list, loss_fn, **kwargs):
+    """One K-FAC step (kl_clip off unless given) over ``module_list``'s parameters; returns
+    the optimizer and the gradients before preconditioning."""
+    params = [p for m in module_list for p in m.parameters()]
+    opt = metaopt.optim.KFAC(params, **{"kl_clip": None, "lr": 0.1, **kwargs})
+    grads = {}
+
+    def closure():
+        opt.zero_grad()
+        loss = loss_fn()
+        loss.backward()
+        grads.update({id(p): p.grad.clone() for p in params})
+        return loss
+
+    opt.step(closure)
+    return opt, grads
+
+
+def test_kfac_factors_of_a_linear_layer_equal_hand_computed_ones():
+    torch.manual_seed(0)
+    layer = torch.nn.Linear(3, 2).double()
+    x = torch.randn(5, 3, dtype=torch.float64)
+    y = torch.randn(5, 2, dtype=torch.float64)
+    out = layer(x)
+    out.retain_grad()
+    ((out - y) ** 2).mean().backward()
+    a = torch.cat([x, torch.ones(5, 1, dtype=torch.float64)], dim=1)
+    hand_a = sum(torch.outer(r, r) for r in a) / 5
+    per_example = out.grad * 5  # each example's own output gradient
+    hand_g = sum(torch.outer(r, r) for r in per_example) / 5
+    opt, _ = _kfac_step([layer], lambda: ((layer(x) - y) ** 2).mean())
+    torch.testing.assert_close(opt.kfac[0]["A"], hand_a, rtol=1e-12, atol=1e-14)
+    torch.testing.assert_close(opt.kfac[0]["G"], hand_g, rtol=1e-12, atol=1e-14)
+
+
+def test_kfac_factors_of_a_conv_layer_equal_hand_computed_ones():
+    """Patches cut out by hand (stride 2, padding 1, 2×2 kernel), one row per position."""
+    torch.manual_seed(0)
+    conv = torch.nn.Conv2d(2, 3, kernel_size=2, stride=2, padding=1).double()
+    x = torch.randn(4, 2, 5, 5, dtype=torch.float64)
+    out = conv(x)
+    out.retain_grad()
+    out.pow(2).mean().backward()
+    padded = torch.nn.functional.pad(x, (1, 1, 1, 1))
+    rows, grads = [], []
+    for i in range(4):
+        for r in range(out.shape[2]):
+            for c in range(out.shape[3]):
+                patch = padded[i, :, 2 * r:2 * r + 2, 2 * c:2 * c + 2].reshape(-1)
+                rows.append(torch.cat([patch, torch.ones(1, dtype=torch.float64)]))
+                grads.append(out.grad[i, :, r, c] * 4)  # times the batch size
+    hand_a = sum(torch.outer(r, r) for r in rows) / len(rows)
+    hand_g = sum(torch.outer(g, g) for g in grads) / 4  # summed over positions
+    opt, _ = _kfac_step([conv], lambda: conv(x).pow(2).mean())
+    torch.testing.assert_close(opt.kfac[0]["A"], hand_a, rtol=1e-12, atol=1e-14)
+    torch.testing.assert_close(opt.kfac[0]["G"], hand_g, rtol=1e-12, atol=1e-14)
+
+
+def test_kfac_step_is_the_damped_kronecker_solve_and_other_layers_fall_back():
+    """SGD(lr) on (G ⊗ A + λI)⁻¹ vec([∇W, ∇b]) for the Linear; plain SGD for the
+    LayerNorm's parameters, which no Kronecker block covers."""
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.LayerNorm(3)).double()
+    x = torch.randn(8, 4, dtype=torch.float64)
+    before = [p.detach().clone() for p in net.parameters()]
+    opt, grads = _kfac_step([net], lambda: net(x).sin().sum() / 8, damping=0.05)
+    s = opt.kfac[0]
+    w, b = net[0].weight, net[0].bias
+    m = torch.cat([grads[id(w)], grads[id(b)].reshape(-1, 1)], dim=1)
+    solve = torch.linalg.solve(torch.kron(s["G"], s["A"]) + 0.05 * torch.eye(15,
+                               dtype=torch.float64), m.reshape(-1)).reshape(3, 5)
+    torch.testing.assert_close(before[0] - w.detach(), 0.1 * solve[:, :4], rtol=1e-10,
+                               atol=1e-12)
+    torch.testing.assert_close(before[1] - b.detach(), 0.1 * solve[:, 4], rtol=1e-10,
+                               atol=1e-12)
+    for p, p0 in zip(list(net.parameters())[2:], before[2:]):
+        torch.testing.assert_close(p0 - p.detach(), 0.1 * grads[id(p)], rtol=1e-12, atol=0)
+
+
+def test_kfac_with_a_model_needs_no_closure_and_checkpoints_continue():
+    torch.manual_seed(0)
+    x = torch.randn(16, 4, dtype=torch.float64)
+    y = torch.randn(16, 2, dtype=torch.float64)
+
+    def make():
+        torch.manual_seed(1)
+        return torch.nn.Sequential(torch.nn.Linear(4, 6), torch.nn.Tanh(),
+                                   torch.nn.Linear(6, 2)).double()
+
+    a, b = make(), make()
+    opt_a = metaopt.optim.KFAC(a.parameters(), lr=0.05, momentum=0.9, update_freq=2)
+    opt_b = metaopt.optim.KFAC(b.parameters(), lr=0.05, momentum=0.9, update_freq=2, model=b)
+
+    def loss(net):
+        return ((net(x) - y) ** 2).mean()
+
+    for _ in range(3):
+        opt_a.step(_closure(opt_a, None, lambda _: loss(a)))
+        opt_b.zero_grad()
+        loss(b).backward()
+        opt_b.step()
+    for p, q in zip(a.parameters(), b.parameters()):
+        torch.testing.assert_close(p, q, rtol=1e-12, atol=1e-14)
+    assert set(opt_a.kfac) == {0, 2}  # the two Linear weights
+    c = make()
+    opt_c = metaopt.optim.KFAC(c.parameters(), lr=0.05, momentum=0.9, update_freq=2)
+    opt_c.load_state_dict(_saved(opt_a))
+    with torch.no_grad():
+        for p, q in zip(c.parameters(), a.parameters()):
+            p.copy_(q)
+    for _ in range(3):
+        opt_a.step(_closure(opt_a, None, lambda _: loss(a)))
+        opt_c.step(_closure(opt_c, None, lambda _: loss(c)))
+    for p, q in zip(a.parameters(), c.parameters()):
+        assert torch.equal(p, q)
+    with pytest.raises(RuntimeError, match="closure"):
+        opt_a.step()

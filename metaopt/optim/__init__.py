@@ -13,6 +13,7 @@ from metaopt.optim.adamax import Adamax
 from metaopt.optim.composite import Composite
 from metaopt.optim.dadapt import DAdaptAdam, DAdaptSGD
 from metaopt.optim.groups import muon_groups, weight_decay_groups
+from metaopt.optim.kfac import KFAC
 from metaopt.optim.lamb import LAMB
 from metaopt.optim.lbfgs import LBFGS
 from metaopt.optim.lion import Lion
@@ -55,7 +56,7 @@ for _name, _cls in (("prodigy", Prodigy), ("dadapt_adam", DAdaptAdam), ("dadapt_
 # second-order and curvature methods (L-BFGS, Newton and Hessian-free need closures: the
 # trainers step their members one by one; Shampoo and SOAP stack populations)
 for _name, _cls in (("lbfgs", LBFGS), ("newton", Newton), ("hessian_free", HessianFree),
-                    ("shampoo", Shampoo), ("soap", SOAP)):
+                    ("shampoo", Shampoo), ("soap", SOAP), ("kfac", KFAC)):
     register(_name, _cls)
 
 __all__ = [
@@ -66,5 +67,5 @@ __all__ = [
     "AdaBound", "LAMB", "Lion", "Lookahead",
     "Prodigy", "DAdaptAdam", "DAdaptSGD", "AdamWScheduleFree", "SGDScheduleFree",
     "schedule_free", "evaluating", "eval_mode", "train_mode",
-    "LBFGS", "Newton", "HessianFree", "Shampoo", "SOAP", "state_bytes",
+    "LBFGS", "Newton", "HessianFree", "Shampoo", "SOAP", "KFAC", "state_bytes",
 ]
