@@ -87,8 +87,10 @@ def auto_sampler(space: Space, trials: int, population: int) -> str:
     return "gp" if continuous and population == 1 and trials <= 100 else "tpe"
 
 
-def make_sampler(name: str, seed: int, space: Space, trials: int,
+def make_sampler(name: str | optuna.samplers.BaseSampler, seed: int, space: Space, trials: int,
                  population: int) -> optuna.samplers.BaseSampler:
+    if isinstance(name, optuna.samplers.BaseSampler):
+        return name  # a caller's own, configured sampler
     if name == "auto":
         name = auto_sampler(space, trials, population)
     with warnings.catch_warnings():  # multivariate/group TPE and GP are "experimental"

@@ -59,7 +59,7 @@ def search(task: Any, optimizer: str | list[str] | None = None,
            space: str | Mapping[str, Any] | Space | None = None, *,
            schedule: str | Mapping[str, Any] | None = None, trials: int = 64,
            population: int = 16, steps: int | None = None, seed: int = 0,
-           sampler: str = "tpe", pruner: str = "hyperband", storage: Any = None,
+           sampler: Any = "tpe", pruner: str = "hyperband", storage: Any = None,
            study_name: str = "metaopt", eval_every: int | None = None, device: str = "cpu",
            progress: bool | None = None) -> SearchResult:
     """Search ``optimizer``'s hyperparameters (and a schedule) for ``task``.
@@ -76,9 +76,9 @@ def search(task: Any, optimizer: str | list[str] | None = None,
         steps: training steps per trial (default ``task.steps``); ``seed``: every trial's
             initialisation and data seed (all trials see the same batches).
         sampler: ``tpe`` | ``cmaes`` | ``gp`` | ``random`` | ``auto`` (see
-            :func:`~metaopt.search.study.auto_sampler`); ``pruner``: ``hyperband`` |
-            ``median`` | ``none``, fed the validation loss every ``eval_every`` steps (default
-            ``steps // 10``).
+            :func:`~metaopt.search.study.auto_sampler`), or an Optuna sampler instance;
+            ``pruner``: ``hyperband`` | ``median`` | ``none``, fed the validation loss every
+            ``eval_every`` steps (default ``steps // 10``).
         storage: None (in memory), an Optuna storage or an SQLAlchemy URL; a study of the
             same ``study_name`` there is resumed (ResumeMismatch if it searched something else).
     """

@@ -43,8 +43,6 @@ from metaopt.select import store as stores
 from metaopt.select.portfolio import Candidate, check_pairing, default_portfolio, lr_grid, resolve
 
 REFINE = (0.3, 0.25)  # decades either side of the best lr in rounds 2 and 3
-TUNE_SPREAD = 0.5  # the tune's lr range: best probe lr x 10^[-0.5, 0.5]
-TUNE_POPULATION = 32  # tune trials trained together at most
 
 
 @dataclass
@@ -349,32 +347,21 @@ class Selector:
 
     # -- the tune ---------------------------------------------------------------------------
     def _tune(self, trials: int, standings: dict[str, list[Probe]]) -> dict | None:
+        """A short tune of the best full-length candidate (:mod:`metaopt.select.tune`)."""
+        from metaopt.select.tune import tune_winner
+
         full = [n for n, ps in standings.items() if ps[0].steps == self.steps and _best(ps)]
         if not full:
             return None
         name = min(full, key=lambda n: _best(standings[n]).value)
-        c, lr = self.candidates[name], _best(standings[name]).lr
-        from metaopt.search.params import Fixed, FloatParam
-        from metaopt.search.schedule_space import load_schedule_space
-        from metaopt.search.space import Space, load_space
-        from metaopt.search.tune import search
-
-        shipped = load_space(None, c.optimizer).optimizers[c.optimizer]
-        params = {**shipped, **{k: Fixed(v) for k, v in c.hparams.items()},
-                  "lr": FloatParam(lr * 10 ** -TUNE_SPREAD, lr * 10 ** TUNE_SPREAD, log=True)}
-        schedule = None if c.schedule is None else load_schedule_space(
-            c.schedule_for(self.steps))
-        space = Space({c.optimizer: params}, schedule)
-        result = search(self.task, c.optimizer, space, trials=trials,
-                        population=min(trials, TUNE_POPULATION), steps=self.steps, seed=self.seed,
-                        sampler="tpe", pruner="none", storage=self.storage,
-                        study_name=f"select-{self.task.name}-{name}", device=self.device,
-                        progress=False)
+        probes = [p for p in standings[name] if p.status == "ok"]
+        result = tune_winner(self.task, self.candidates[name], probes, trials,
+                             steps=self.steps, seed=self.seed, storage=self.storage,
+                             device=self.device)
         self._charge(trials * self.steps * self.per_step)
         self.notes.extend(result.notes)
         best = result.best
-        return {"candidate": name, "trials": trials,
-                "evaluations": result.evaluations,
+        return {"candidate": name, "trials": trials, "evaluations": result.evaluations,
                 "best": None if best is None else {
                     "hparams": dict(best.hparams), "schedule": best.schedule,
                     "value": best.value}}
