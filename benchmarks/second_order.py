@@ -65,15 +65,15 @@ def contenders(frequency: int) -> dict[str, tuple[callable, list[float], bool]]:
         "adam (metaopt = torch)": (lambda ps, lr: M.Adam(ps, lr=lr), LRS, False),
         "shampoo": (lambda ps, lr: M.Shampoo(ps, lr=lr, precondition_frequency=frequency),
                     LRS, False),
-        "soap": (lambda ps, lr: M.SOAP(ps, lr=lr, precondition_frequency=frequency), LRS,
-                 False),
+        "soap": (lambda ps, lr: M.SOAP(ps, lr=lr, betas=(0.9, 0.95),  # heavyball's betas
+                                       precondition_frequency=frequency), LRS, False),
         "lbfgs (strong Wolfe, 1 iter)": (
             lambda ps, lr: M.LBFGS(ps, lr=lr, max_iter=1, history_size=10,
                                    line_search_fn="strong_wolfe"), [0.1, 0.3, 1.0], True),
     }
     if hasattr(M, "KFAC"):
-        out["kfac (sgd)"] = (lambda ps, lr: M.KFAC(ps, lr=lr, update_freq=frequency),
-                             LRS, True)
+        out["kfac (sgd, momentum 0.9)"] = (
+            lambda ps, lr: M.KFAC(ps, lr=lr, momentum=0.9, update_freq=frequency), LRS, True)
     hb = _hb()
     if hb is not None:
         kw = dict(precondition_frequency=frequency, use_precond_schedule=False)
@@ -98,7 +98,7 @@ def to_target(task, make, lr, closure_needed, seed, every, device):
         start = time.perf_counter()
         calls = [0]
 
-        def closure():
+        def closure(batch=batch, calls=calls):
             calls[0] += 1
             opt.zero_grad()
             loss = task.loss(module, batch)
@@ -284,7 +284,8 @@ def report(results: dict, device, threads) -> str:
             if ours in step and theirs in step:
                 lines.append(f"- {ours} / {theirs}: mean step "
                              f"{step[ours]['mean_ms'] / step[theirs]['mean_ms']:.2f}×, "
-                             f"state {step[ours]['state_bytes'] / step[theirs]['state_bytes']:.2f}×")
+                             f"state {step[ours]['state_bytes'] / step[theirs]['state_bytes']:.2f}"
+                             "×")
         lines.append("")
     return "\n".join(lines)
 

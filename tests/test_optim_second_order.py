@@ -628,3 +628,38 @@ def test_kfac_with_a_model_needs_no_closure_and_checkpoints_continue():
         assert torch.equal(p, q)
     with pytest.raises(RuntimeError, match="closure"):
         opt_a.step()
+
+
+# -- state memory -----------------------------------------------------------------------------
+def test_state_bytes_counts_each_storage_once_for_any_optimizer():
+    from metaopt.optim import state_bytes
+
+    x = torch.zeros(10, 10, requires_grad=True)
+    x.grad = torch.ones_like(x)
+    adam = metaopt.optim.Adam([x], backend="reference")
+    assert state_bytes(adam) == 0
+    adam.step()
+    assert state_bytes(adam) == 2 * 400 + 4  # two moments, a float32 step count
+    flat = metaopt.optim.Adam([x, torch.zeros(5, requires_grad=True)], backend="eager")
+    flat.param_groups[0]["params"][1].grad = torch.ones(5)
+    flat.step()
+    assert state_bytes(flat) <= 2 * 4 * 105 + 64  # views into flat buffers, counted once
+    torch_adam = torch.optim.Adam([x])
+    torch_adam.step()
+    assert state_bytes(torch_adam) == 2 * 400 + 4
+    shared = torch.zeros(7)
+
+    class Fake(torch.optim.Optimizer):
+        pass
+
+    fake = Fake([x], {})
+    fake.state[x] = {"a": shared, "b": [shared[:3], {"c": torch.zeros(2, dtype=torch.float64)}]}
+    assert state_bytes(fake) == 28 + 16
+    params, loss = problem(dtype=torch.float32)
+    ours, opt, _ = closure_run(lambda ps: LBFGS(ps, history_size=3, max_iter=5), params, loss,
+                               2)
+    _, ref, _ = closure_run(lambda ps: torch.optim.LBFGS(ps, history_size=3, max_iter=5),
+                            params, loss, 2)
+    numel = sum(p.numel() for p in ours)
+    assert state_bytes(ref) >= (2 * 3 + 2) * 4 * numel  # 3 (s, y) pairs, d, previous g
+    assert 0 <= state_bytes(opt) - state_bytes(ref) <= 8  # our step length t is a tensor

@@ -78,8 +78,10 @@ def gradient_matrix(module: nn.Module) -> Tensor:
 
 
 class KFAC(torch.optim.Optimizer):
-    """``KFAC(params, base="sgd", damping=1e-3, factor_decay=0.95, update_freq=10,
-    kl_clip=1e-3, model=None, **base_hparams)`` (see the module docstring).
+    """``KFAC(params, base="sgd", damping=0.1, factor_decay=0.95, update_freq=10,
+    kl_clip=1e-3, model=None, **base_hparams)`` (see the module docstring). The damping
+    default is larger than kfac-pytorch's 1e-3: at 1e-3 every lr diverged or stalled on
+    digits_mlp here, at 0.1 SGD reached the benchmark's target in 50 steps.
 
     ``param_groups`` are the wrapped optimizer's, with ``damping``, ``factor_decay`` and
     ``kl_clip`` added as tensor hyperparameters (each layer uses its weight's group's values).
@@ -89,7 +91,7 @@ class KFAC(torch.optim.Optimizer):
     needs_model = False
     supports_population = False
 
-    def __init__(self, params: Iterable, base: str = "sgd", damping: float = 1e-3,
+    def __init__(self, params: Iterable, base: str = "sgd", damping: float = 0.1,
                  factor_decay: float = 0.95, update_freq: int = 10,
                  kl_clip: float | None = 1e-3, model: nn.Module | None = None,
                  **base_hparams: Any) -> None:
