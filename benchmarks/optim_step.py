@@ -400,8 +400,15 @@ def main() -> None:
         for label, (name, kwargs) in labels.items():
             if population and not getattr(metaopt.optim.lookup(name), "flat_ok", False):
                 continue
+            cls = metaopt.optim.lookup(name)
+            if getattr(cls, "needs_closure", False) or getattr(cls, "needs_model", False):
+                continue  # second-order rules: not a fixed-gradient step
             backend_list = args.backends if not population else ["default"]
-            row = run_row(label, name, kwargs, device, backend_list, population)
+            try:
+                row = run_row(label, name, kwargs, device, backend_list, population)
+            except Exception as err:  # noqa: BLE001 -- one line, then the next optimizer
+                print(f"{label}: {type(err).__name__}: {str(err).splitlines()[0][:200]}")
+                continue
             if row:
                 rows.append(row)
     path = RESULTS / f"optim_step_{device.type}.json"

@@ -65,6 +65,7 @@ class Adagrad(MetaOptimizer):
     rule = staticmethod(per_parameter(coefficients, update))
     fused_rows = staticmethod(fused_rows)
     flat_ok = True
+    state_at_construction = True  # as torch's Adagrad (its sum starts at a hyperparameter)
 
     def __init__(self, params, lr: float | Tensor = 1e-2, lr_decay: float = 0,
                  weight_decay: float = 0, initial_accumulator_value: float = 0,

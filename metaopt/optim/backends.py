@@ -143,7 +143,11 @@ def _prepare(algorithm: Any, bucket: Any, grad, hp, opts: dict[str, Any]) -> tup
         param, grad = (as_blocks(x, members, bucket.align) for x in (param, grad))
         state = {k: as_blocks(v, members, bucket.align) for k, v in state.items()}
         segments = Segments(bucket.block_owner, len(bucket.params))
-    return param, grad, state, broadcast(coefficients, param), opts, segments
+    c = broadcast(coefficients, param)
+    for key, value in c.items():  # once per step, not once per op and chunk
+        if isinstance(value, torch.Tensor) and value.dim() == 0 and value.is_floating_point():
+            c[key] = value.to(param.dtype)
+    return param, grad, state, c, opts, segments
 
 
 def chunks(length: int, rows: int, per_chunk: int, unit: int = 1) -> Iterator[slice]:

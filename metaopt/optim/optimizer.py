@@ -61,6 +61,8 @@ class MetaOptimizer(torch.optim.Optimizer):
     supports_population: ClassVar[bool] = True
     flat_ok: ClassVar[bool] = False  # the rule may run on flat buffers (eager/compiled)
     segmented: ClassVar[bool] = False  # flat, but it also sums per parameter (see elementwise)
+    state_at_construction: ClassVar[bool] = False  # flat state built with the layout (torch's
+    # Adagrad builds its state in the constructor)
     block: ClassVar[int] = 256  # block size of a segmented rule's flat buffers
 
     def __init__(self, params: Iterable, defaults: dict[str, Any], *,
@@ -180,6 +182,11 @@ class MetaOptimizer(torch.optim.Optimizer):
         align = type(self).block if type(self).segmented else 1
         buckets = [Bucket(members, group.population, align) for members in by_kind.values()]
         self._buckets[id(group)] = buckets
+        if type(self).state_at_construction:
+            opts = self.options(group)
+            for bucket in buckets:
+                bucket.init_state(type(self).init, group.hparams, opts,
+                                  [self.state[p] for p in bucket.params])
         self._runners.setdefault(id(group), backends.Runner(group["backend"], rent=False))
         return buckets
 
