@@ -305,8 +305,9 @@ def main() -> None:
     p.add_argument("--frequency", type=int, default=10)
     p.add_argument("--block", type=int, default=2048)
     p.add_argument("--cycles", type=int, default=1)
-    p.add_argument("--hb-warmup", type=int, default=3,
-                   help="heavyball steps before timing (its compiles)")
+    p.add_argument("--hb-warmup", type=int, default=12,
+                   help="heavyball steps before timing (its compiles, including the first "
+                        "preconditioner update's)")
     p.add_argument("--only", default="", help="comma-separated contenders")
     args = p.parse_args()
     device = setup(args)

@@ -38,6 +38,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from metaopt.optim.hyperparams import Hyper, HyperGroup
+from metaopt.optim.lookahead import LookaheadState
 from metaopt.optim.optimizer import MetaOptimizer
 from metaopt.optim.registry import create
 
@@ -125,8 +126,12 @@ class KFAC(torch.optim.Optimizer):
         pass
 
     @property
-    def state(self):
-        return self.optimizer.state
+    def state(self) -> LookaheadState:
+        """Per parameter, the wrapped optimizer's state, and for a layer's weight its factors
+        and eigenbases too (read as one mapping)."""
+        params = self._params()
+        return LookaheadState(self.optimizer.state,
+                              {params[i]: s for i, s in self.kfac.items()})
 
     @state.setter
     def state(self, value) -> None:
