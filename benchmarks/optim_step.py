@@ -383,8 +383,18 @@ def main() -> None:
     p.add_argument("--population", choices=["both", "no", "only"], default="both")
     p.add_argument("--merge", action="store_true", help="keep saved rows not measured now")
     p.add_argument("--readme", action="store_true", help="rewrite the README table")
+    p.add_argument("--report-only", action="store_true",
+                   help="measure nothing: the table (and --readme) from the saved rows")
     args = p.parse_args()
     device = setup(args)
+    path = RESULTS / f"optim_step_{device.type}.json"
+    if args.report_only:
+        rows = json.loads(path.read_text())
+        write(args.out or RESULTS / f"optim_step_{device.type}.md",
+              report(device, args.threads, rows))
+        if args.readme:
+            update_readme([r for r in rows if by_label(r, "metaopt default")])
+        return
     torch.manual_seed(0)
     # Muon is matmul-bound and runs Newton-Schulz in bfloat16 (as torch does): minutes per
     # step on a CPU without bf16 units, so only on a GPU. The learned optimizer: benchmarks/
@@ -411,7 +421,6 @@ def main() -> None:
                 continue
             if row:
                 rows.append(row)
-    path = RESULTS / f"optim_step_{device.type}.json"
     if args.merge and path.exists():
         rows = _merge(json.loads(path.read_text()), rows)
     path.write_text(json.dumps(rows, indent=1))

@@ -18,7 +18,7 @@
   no step ever waits for a compiler and no choice depends on timing (a resumed or
   ``deterministic`` run takes the same path by rule). ``reference`` for rules that aren't
   ``flat_ok``. Ask for ``compiled`` explicitly for long runs of the few rules where it
-  measures faster (LAMB).
+  measures faster (AdaBound, LAMB, Lion; see the README).
 
 :class:`Runner` also serves streams of kernels outside the optimizer core (the learned
 optimizer's per-coordinate step), where ``auto`` may rent: eager, timing calls on at least
