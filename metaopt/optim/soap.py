@@ -10,15 +10,17 @@ second moment lives; the first moment stays in the original space and is rotated
 p ← p(1 - lr·wd) - lr/(1-β₁ᵗ) · Q(m' / (√(v/(1-β₂ᵗ)) + ε)).
 
 As in the authors' code, a parameter's first gradient only builds its factors and basis
-(the rotated gradient is then one coordinate plus rounding noise, which Adam would blow up to
-full-size steps); its moments and bias correction start at the second step. Unlike it, the
-factors are updated with the current gradient *before* the basis and the step; bases come from ``eigh`` each time (the authors use one power iteration + QR after the
-first); and when a basis changes, the second moment is carried into the new one as a
-diagonal, v'ⱼ = Σᵢ (qᵢ·q'ⱼ)² vᵢ per dimension, where the authors keep v as it is (their QR
-step keeps bases close; fresh ``eigh`` bases need not be, and a stale v there diverged on
-ill_conditioned_regression). Dimensions longer than ``max_precond_dim`` and, unless ``precondition_1d``, vectors
-keep the identity basis: a parameter with no basis is stepped by plain AdamW. The basis
-schedule counts steps per member on the host (``kronecker.Clocked``).
+(the rotated gradient is then one coordinate plus rounding noise, which Adam would blow up
+to full-size steps); its moments and bias correction start at the second step. Unlike it,
+the factors are updated with the current gradient *before* the basis and the step; bases
+come from ``eigh`` each time (the authors use one power iteration + QR after the first);
+and when a basis changes, the second moment is carried into the new one as a diagonal,
+v'ⱼ = Σᵢ (qᵢ·q'ⱼ)² vᵢ per dimension, where the authors keep v as it is (their QR step keeps
+bases close; fresh ``eigh`` bases need not be, and a stale v there diverged on
+ill_conditioned_regression). Dimensions longer than ``max_precond_dim`` and, unless
+``precondition_1d``, vectors keep the identity basis: a parameter with no basis is stepped
+by plain AdamW. The basis schedule counts steps per member on the host
+(``kronecker.Clocked``).
 """
 
 from __future__ import annotations
