@@ -296,8 +296,8 @@ def report(data: dict) -> str:
         "- The two backends run the same PBT from the same 16 starting values (the seed's), "
         "with their own draws of whom a bottom member clones (Ray's seeded `random`) and of "
         "explore; Ray's members step one model at a time instead of stacked. Their best "
-        "final losses agree within a few per cent per seed, so 'no worse than Ray's' "
-        "compares near-equal numbers.",
+        "final losses are close on most seeds (see the per-seed lines), so 'no worse than "
+        "Ray's' often compares near-equal numbers.",
         "- Fixed members' time is `metaopt.pbt` in process with exploit off (training and "
         "the 12 evaluations, no outputs): the local command's time after imports less this "
         "is its policy, checkpoints, outputs and figures.",
