@@ -197,7 +197,11 @@ def member(config: Mapping[str, Any], spec: Mapping[str, Any]) -> None:
             diverged, value = True, math.inf
         trained = time.perf_counter() - started
         writing = time.perf_counter()
-        directory = tempfile.mkdtemp(prefix="metaopt_member_")
+        # one folder per worker process, emptied before each write: a paused trial stops
+        # inside tune.report (after Ray has stored the checkpoint) and never cleans up
+        directory = os.path.join(tempfile.gettempdir(), f"metaopt_member_{os.getpid()}")
+        shutil.rmtree(directory, ignore_errors=True)
+        os.makedirs(directory)
         ckpt.save(Path(directory) / MEMBER_FILE, {
             "model": module.state_dict(), "optimizer": opt.state_dict(), "step": end,
             "slot": slot, "first_loss": first, "diverged": diverged})
