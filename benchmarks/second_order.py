@@ -317,7 +317,7 @@ def main() -> None:
         results["target"] = {"seeds": args.seeds, "frequency": args.frequency,
                              "tasks": part_target(args, device)}
     if args.part in ("all", "step"):
-        results["step"] = part_step(args, device)
+        results["step"] = {**results.get("step", {}), **part_step(args, device)}  # --only merges
     path.write_text(json.dumps(results, indent=1))
     write(args.out or RESULTS / f"second_order_{device.type}.md",
           report(results, device, args.threads))

@@ -5,8 +5,10 @@ Per parameter (per block, as in :mod:`metaopt.optim.kronecker`) one factor per d
 an exponential average of the gradient's covariance along it, Lᵢ ← β Lᵢ + (1-β) GᵢGᵢᵀ (β =
 ``shampoo_beta``); every ``precondition_frequency`` steps its eigenvectors Qᵢ are recomputed
 (``eigh``). The gradient is rotated into that basis, G' = G ×₁ Q₁ᵀ ... ×ₖ Qₖᵀ, where Adam's
-second moment lives; the first moment stays in the original space and is rotated each step
-(as the authors' code does), and the normalised step is rotated back:
+second and first moments live (the first is carried into each new basis exactly,
+m' = Pᵀ m P with P = Q_oldᵀ Q_new per dimension; the authors keep it in the original space
+and rotate it every step, two more products of the parameter's size), and the normalised
+step is rotated back:
 p ← p(1 - lr·wd) - lr/(1-β₁ᵗ) · Q(m' / (√(v/(1-β₂ᵗ)) + ε)).
 
 As in the authors' code, a parameter's first gradient only builds its factors and basis
@@ -55,7 +57,7 @@ def init(param: Tensor, hp: Mapping[str, Tensor], opts: Mapping[str, Any]) -> St
     lead = param.shape[0] if population else 1
     n = math.prod(count for _, count in dims)
     state = {"step": new_step(param, opts["population"]),
-             "exp_avg": torch.zeros_like(param, memory_format=torch.preserve_format),
+             "exp_avg": param.new_zeros(lead, n, *[b for b, _ in dims]),  # in the basis
              "exp_avg_sq": param.new_zeros(lead, n, *[b for b, _ in dims])}
     wide = kr.compute_dtype(param.dtype)
     for i in preconditioned_dims(param, opts):
@@ -85,13 +87,14 @@ def rule(params: list[Tensor], grads: list[Tensor], states: list[State],
         first = [c == 0 and bool(dims) for c in opts["clock"]]  # a member's first step
         wide = kr.compute_dtype(p.dtype)
         blocks = kr.to_blocks(g, population, block).to(wide)
-        v = s["exp_avg_sq"]
+        m, v = s["exp_avg"], s["exp_avg_sq"]
         for i in dims:
             f = s[f"factor_{i}"].lerp_(kr.factor(blocks, i), per_member(1 - beta, s[f"factor_{i}"]))
             if any(refresh):
                 basis = s[f"basis_{i}"]
                 new = kr.eigenbasis(f)
                 overlap = basis.mT @ new  # old coordinates -> new: P = Q_oldᵀ Q_new
+                m.copy_(kr.select(refresh, kr.along(m, overlap.to(m.dtype), i), m))
                 v.copy_(kr.select(refresh, kr.along(v, (overlap * overlap).to(v.dtype), i), v))
                 basis.copy_(kr.select(refresh, new, basis))
         if all(first):
@@ -100,14 +103,13 @@ def rule(params: list[Tensor], grads: list[Tensor], states: list[State],
             kept = {k: s[k].clone() for k in ("step", "exp_avg", "exp_avg_sq")}
             kept_param = p.clone()
         step = s["step"].add_(1).to(lr.dtype)
-        s["exp_avg"].lerp_(g, per_member(1 - beta1, g))
         rotated_grad = rotate(blocks, s, dims)
-        rotated_avg = rotate(kr.to_blocks(s["exp_avg"], population, block).to(wide), s, dims)
+        m.lerp_(rotated_grad.to(m.dtype), per_member(1 - beta1, m))
         v.mul_(per_member(beta2, v)).addcmul_(rotated_grad.to(v.dtype) * per_member(1 - beta2, v),
                                               rotated_grad.to(v.dtype))
         denom = v.sqrt().div_(per_member((1 - beta2 ** step).sqrt(), v))
         denom.add_(per_member(hp["eps"], v))
-        normalised = rotate(rotated_avg / denom, s, dims, back=True)
+        normalised = rotate(m.to(wide) / denom, s, dims, back=True)
         direction = kr.from_blocks(normalised, p, population, block).to(p.dtype)
         p.mul_(per_member(1 - lr * hp["weight_decay"], p))
         p.addcmul_(direction, per_member(-(lr / (1 - beta1 ** step)), p))
