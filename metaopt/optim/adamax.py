@@ -25,7 +25,8 @@ def coefficients(hp: Mapping[str, Tensor], counters: dict, opts: Mapping[str, An
     step = counters["step"].add_(1)
     return {"weight_decay": hp["weight_decay"], "decays": nonzero(hp["weight_decay"]),
             "one_minus_beta1": 1 - hp["beta1"],
-            "beta2": hp["beta2"], "eps": hp["eps"], "neg_clr": -(hp["lr"] / (1 - hp["beta1"] ** step))}
+            "beta2": hp["beta2"], "eps": hp["eps"],
+            "neg_clr": -(hp["lr"] / (1 - hp["beta1"] ** step))}
 
 
 def update(p: Tensor, g: Tensor, s: State, c: Mapping[str, Tensor],
