@@ -10,7 +10,6 @@ one (:func:`check_pairing`).
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -30,7 +29,6 @@ class Candidate:
     hparams: dict[str, Any] = field(default_factory=dict)
     schedule: dict[str, Any] | None = None
     lr: float = 1e-3
-    lr_free: bool = False  # lr multiplies a step size the method finds itself
     spread: float = 1.0  # probes cover lr x 10^[-spread, +spread] when nothing is known
 
     def schedule_for(self, steps: int) -> dict[str, Any] | None:
@@ -47,15 +45,14 @@ class Candidate:
 def _c(name: str, optimizer: str | None = None, lr: float | None = None,
        schedule: dict | None = COSINE, **hparams: Any) -> Candidate:
     optimizer = optimizer or name
-    lr_free = bool(getattr(_lookup(optimizer), "lr_free", False))
     if lr is None:
-        lr = 1.0 if lr_free else _default_lr(optimizer)
+        lr = _default_lr(optimizer)
     if getattr(_lookup(optimizer), "schedule_free", False):
         schedule = None
     # a default lr of 1 multiplies a step size the method finds (D-Adaptation, Prodigy,
     # Adadelta, the learned LSTM): its probes stay closer to it
-    spread = 0.5 if lr_free or _default_lr(optimizer) == 1.0 else 1.0
-    return Candidate(name, optimizer, dict(hparams), schedule, lr, lr_free, spread)
+    spread = 0.5 if _default_lr(optimizer) == 1.0 else 1.0
+    return Candidate(name, optimizer, dict(hparams), schedule, lr, spread)
 
 
 def _lookup(optimizer: str) -> Any:
@@ -141,6 +138,3 @@ def lr_grid(centre: float, count: int, spread: float) -> list[float]:
     exps = [-spread + 2 * spread * i / (count - 1) for i in range(count)]
     return [centre * 10 ** e for e in exps]
 
-
-def geometric_mean(values: list[float]) -> float:
-    return math.exp(sum(math.log(v) for v in values) / len(values))
