@@ -18,7 +18,7 @@ from toy_tasks import regression
 
 import metaopt
 from metaopt import cli, runs, schedules
-from metaopt.pbt import policy
+from metaopt.pbt import checkpoint, policy
 from metaopt.pbt.lineage import discovered
 from metaopt.pbt.local import PBT, run_pbt
 from metaopt.population import Population
@@ -210,6 +210,9 @@ def test_a_resumed_run_is_bit_identical_to_an_uninterrupted_one(tmp_path):
     del part
     resumed = PBT(_task(), "sgd", SGD, checkpoint=tmp_path / "part.pt", **settings)
     assert resumed.step == 12
+    runners = [r for opt in checkpoint._optimizers(resumed.pop)
+               for r in getattr(opt, "_runners", {}).values()]
+    assert runners and not any(r.rent for r in runners), "a restored core runner would compile"
     again = resumed.run()
     a, b = _final(whole), _final(again)
     assert all(torch.equal(x, y) for x, y in zip(a[0], b[0])) and a[1:] == b[1:]

@@ -184,7 +184,7 @@ def _runner_states(opt: Any) -> list[dict[str, Any] | None]:
     out = []
     for group in opt.param_groups:
         r = runners.get(id(group))
-        out.append(None if r is None else {"backend": r.backend, "mode": r.mode,
+        out.append(None if r is None else {"backend": r.backend, "mode": r.mode, "rent": r.rent,
                                            "eager_seconds": float(r.eager_seconds)})
     return out
 
@@ -195,7 +195,7 @@ def _restore_runners(opt: Any, saved: Sequence[Mapping[str, Any] | None]) -> Non
         return
     for group, s in zip(opt.param_groups, saved):
         if s is not None:
-            runner = backends.Runner(s["backend"])
+            runner = backends.Runner(s["backend"], rent=s.get("rent", False))
             runner.mode, runner.eager_seconds = s["mode"], s["eager_seconds"]
             runners[id(group)] = runner
 
