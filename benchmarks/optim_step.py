@@ -31,8 +31,7 @@ from __future__ import annotations
 import os
 import sys
 
-# this directory holds select.py and learned.py, which would shadow the standard library's
-# select (imported by subprocess, so by torch) and the learned package: search it last
+# scripts here import metaopt before their own folder's helpers: search the folder last
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path[:] = [p for p in sys.path if os.path.abspath(p or ".") != HERE]
 
@@ -52,7 +51,7 @@ import torch  # noqa: E402
 import metaopt  # noqa: E402
 from metaopt.optim import backends  # noqa: E402
 
-sys.path.insert(0, HERE)  # after metaopt: learned.py here would shadow the learned package
+sys.path.insert(0, HERE)  # the shared helpers (common.py), after metaopt
 from common import RESULTS, machine, parser, setup, sync, table, write  # noqa: E402
 
 README = RESULTS.parent.parent / "README.md"
@@ -402,7 +401,7 @@ def main() -> None:
     torch.manual_seed(0)
     # Muon is matmul-bound and runs Newton-Schulz in bfloat16 (as torch does): minutes per
     # step on a CPU without bf16 units, so only on a GPU. The learned optimizer: benchmarks/
-    # learned.py.
+    # learned_optimizer.py.
     names = [n for n in metaopt.optim.names() if n not in ("lstm", "sgd")
              and (n != "muon" or device.type == "cuda")]
     labels = {**ROWS, **{n: (n, {}) for n in names}}

@@ -31,8 +31,8 @@ from __future__ import annotations
 import os
 import sys
 
-HERE = os.path.dirname(os.path.abspath(__file__))  # off the path: benchmarks/select.py and
-sys.path[:] = [p for p in sys.path if os.path.abspath(p or ".") != HERE]  # learned.py shadow
+HERE = os.path.dirname(os.path.abspath(__file__))  # searched last (see optim_step.py)
+sys.path[:] = [p for p in sys.path if os.path.abspath(p or ".") != HERE]
 import datetime as dt  # noqa: E402
 import json  # noqa: E402
 import math  # noqa: E402

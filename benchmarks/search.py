@@ -32,8 +32,8 @@ import optuna
 import torch
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path[:] = [p for p in sys.path if os.path.abspath(p or ".") != HERE]  # learned.py shadows
-import metaopt  # noqa: E402                                              # the learned package
+sys.path[:] = [p for p in sys.path if os.path.abspath(p or ".") != HERE]  # see optim_step.py
+import metaopt  # noqa: E402
 from metaopt.population import Population  # noqa: E402
 
 sys.path.append(HERE)

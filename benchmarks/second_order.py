@@ -28,8 +28,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-# run as a script, benchmarks/ would come first on sys.path and its select.py would shadow
-# the standard library's select module (imported by subprocess, hence by torch)
+# benchmarks/ searched last (see optim_step.py)
 HERE = Path(__file__).resolve().parent
 sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != HERE]
 sys.path.insert(0, str(HERE.parent))

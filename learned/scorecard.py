@@ -1,6 +1,6 @@
 """Summaries of held-out comparisons (:mod:`learned.compare`): table rows and loss curves.
 
-The input is what ``benchmarks/learned.py`` records per ``"problem@horizon"``: for every
+The input is what ``benchmarks/learned_optimizer.py`` records per ``"problem@horizon"``: for every
 optimizer the per-seed scores (log10 final loss) and the median loss curve, and for every
 baseline the tuned learning rate with its validation scores. The best baseline is chosen by
 *validation* score, never by the test seeds it is compared on.

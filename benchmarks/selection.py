@@ -18,8 +18,8 @@ Every configuration is re-trained on fresh seeds (100, 101, 102) and judged by i
 validation loss there. Normalised regret = (chosen - oracle best) / (oracle median - oracle
 best), both on the fresh seeds. Writes ``benchmarks/results/select_<device>.md``.
 
-    python benchmarks/select.py                    # the whole suite (about half an hour)
-    python benchmarks/select.py --tasks digits_mlp,quadratic
+    python benchmarks/selection.py                    # the whole suite (about half an hour)
+    python benchmarks/selection.py --tasks digits_mlp,quadratic
 """
 
 from __future__ import annotations
@@ -27,9 +27,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-# This file is named select.py like the standard library's select module (which subprocess,
-# so torch, imports), and its folder holds learned.py too: keep the folder off sys.path and
-# load the shared helpers by path.
+# Keep this folder off sys.path and load the shared helpers by path (see optim_step.py).
 HERE = Path(__file__).resolve().parent
 sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != HERE]
 

@@ -10,9 +10,9 @@ final training losses (whole training split; for the quadratic, log10 of the mea
 batch of 128 problems, as in the paper's code). Also: the apply-step cost on 1 M parameters
 against torch's fused Adam, for the shipped design and the paper's coordinatewise LSTM.
 
-    python benchmarks/learned.py                       # everything (about 15 min, 1 thread)
-    python benchmarks/learned.py --part cost
-    python benchmarks/learned.py --problems quadratic --horizons 100
+    python benchmarks/learned_optimizer.py  # everything (about 15 min, 1 thread)
+    python benchmarks/learned_optimizer.py --part cost
+    python benchmarks/learned_optimizer.py --problems quadratic --horizons 100
 """
 
 from __future__ import annotations
