@@ -57,28 +57,41 @@ def _hb():
     return heavyball
 
 
+# contenders run on some tasks only: a dense Fisher of the digits models (D = 4,810 and more)
+# costs a D³ Cholesky factorisation per step
+ONLY_TASKS = {"natural_gradient (dense, sampled Gaussian Fisher, sgd)":
+              {"ill_conditioned_regression"}}
+
+
 def contenders(frequency: int) -> dict[str, tuple[callable, list[float], bool]]:
-    """name -> (factory(params, lr), lr grid, needs a closure)."""
+    """name -> (factory(params, lr, module), lr grid, needs a closure)."""
     M = metaopt.optim
     out = {
-        "adam (metaopt = torch)": (lambda ps, lr: M.Adam(ps, lr=lr), LRS, False),
-        "shampoo": (lambda ps, lr: M.Shampoo(ps, lr=lr, precondition_frequency=frequency),
+        "adam (metaopt = torch)": (lambda ps, lr, *_: M.Adam(ps, lr=lr), LRS, False),
+        "shampoo": (lambda ps, lr, *_: M.Shampoo(ps, lr=lr, precondition_frequency=frequency),
                     LRS, False),
-        "soap": (lambda ps, lr: M.SOAP(ps, lr=lr, betas=(0.9, 0.95),  # heavyball's betas
+        "soap": (lambda ps, lr, *_: M.SOAP(ps, lr=lr, betas=(0.9, 0.95),  # heavyball's betas
                                        precondition_frequency=frequency), LRS, False),
         "lbfgs (strong Wolfe, 1 iter)": (
-            lambda ps, lr: M.LBFGS(ps, lr=lr, max_iter=1, history_size=10,
+            lambda ps, lr, *_: M.LBFGS(ps, lr=lr, max_iter=1, history_size=10,
                                    line_search_fn="strong_wolfe"), [0.1, 0.3, 1.0], True),
     }
     if hasattr(M, "KFAC"):
         out["kfac (sgd, momentum 0.9)"] = (
-            lambda ps, lr: M.KFAC(ps, lr=lr, momentum=0.9, update_freq=frequency), LRS, True)
+            lambda ps, lr, *_: M.KFAC(ps, lr=lr, momentum=0.9, update_freq=frequency), LRS, True)
+    if hasattr(M, "NaturalGradient"):
+        out["natural_gradient (diagonal, sgd, momentum 0.9)"] = (
+            lambda ps, lr, *_: M.NaturalGradient(ps, lr=lr, momentum=0.9), LRS, True)
+        out["natural_gradient (dense, sampled Gaussian Fisher, sgd)"] = (
+            lambda ps, lr, module: M.NaturalGradient(
+                ps, lr=lr, structure="dense", fisher="sampled", likelihood="gaussian",
+                model=module, fisher_decay=0.9), LRS, True)
     hb = _hb()
     if hb is not None:
         kw = dict(precondition_frequency=frequency, use_precond_schedule=False)
-        out["hb.SOAP"] = (lambda ps, lr: hb.SOAP(ps, lr=lr, **kw), LRS, False)
-        out["hb.KLShampoo"] = (lambda ps, lr: hb.KLShampoo(ps, lr=lr, **kw), LRS, False)
-        out["hb.PSGDKron"] = (lambda ps, lr: hb.PSGDKron(ps, lr=lr), LRS, False)
+        out["hb.SOAP"] = (lambda ps, lr, *_: hb.SOAP(ps, lr=lr, **kw), LRS, False)
+        out["hb.KLShampoo"] = (lambda ps, lr, *_: hb.KLShampoo(ps, lr=lr, **kw), LRS, False)
+        out["hb.PSGDKron"] = (lambda ps, lr, *_: hb.PSGDKron(ps, lr=lr), LRS, False)
     return out
 
 
@@ -86,7 +99,7 @@ def to_target(task, make, lr, closure_needed, seed, every, device):
     """(steps to the target or None, gradient evaluations, training seconds, final loss)."""
     torch.manual_seed(seed)
     module = task.model().to(device)
-    opt = make(list(module.parameters()), lr)
+    opt = make(list(module.parameters()), lr, module)
     data = task.data(torch.Generator().manual_seed(seed))
     target, budget = TARGETS[task.name], BUDGET[task.name]
     evals, seconds, value = 0, 0.0, math.inf
@@ -131,6 +144,8 @@ def part_target(args, device) -> dict:
         rows = {}
         for name, (make, grid, closure) in contenders(args.frequency).items():
             if args.only and name.split(" ")[0] not in args.only.split(","):
+                continue
+            if task_name not in ONLY_TASKS.get(name, {task_name}):
                 continue
             tried = []
             for lr in grid:
@@ -313,8 +328,11 @@ def main() -> None:
     path = RESULTS / f"second_order_{device.type}.json"
     results = json.loads(path.read_text()) if path.exists() else {}
     if args.part in ("all", "target"):
-        results["target"] = {"seeds": args.seeds, "frequency": args.frequency,
-                             "tasks": part_target(args, device)}
+        tasks = part_target(args, device)
+        if args.only:  # --only merges its contenders into the saved rows
+            saved = results.get("target", {}).get("tasks", {})
+            tasks = {t: {**saved.get(t, {}), **rows} for t, rows in tasks.items()}
+        results["target"] = {"seeds": args.seeds, "frequency": args.frequency, "tasks": tasks}
     if args.part in ("all", "step"):
         results["step"] = {**results.get("step", {}), **part_step(args, device)}  # --only merges
     path.write_text(json.dumps(results, indent=1))

@@ -185,6 +185,10 @@ CLOSURE_CASES: list[Case] = [
     Case("kfac", [{}, {"base": "adam", "damping": 0.01, "lr": 0.01},
                   {"lr": 0.05, "momentum": 0.9, "update_freq": 2, "kl_clip": None}],
          quadratic={"lr": 0.1, "momentum": 0.5}, quadratic_steps=300, torch_twin=False),
+    # (likewise: its own layers are tested in test_optim_natural_gradient.py)
+    Case("natural_gradient", [{}, {"base": "adam", "kl_clip": 1e-3, "fisher_decay": 0.5},
+                              {"structure": "dense", "damping": 0.1, "lr": 0.01}],
+         quadratic={"lr": 0.1, "momentum": 0.5}, quadratic_steps=300, torch_twin=False),
 ]
 
 # Kronecker-factored preconditioners (dense float64 references: test_optim_second_order.py).

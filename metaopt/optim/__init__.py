@@ -21,6 +21,7 @@ from metaopt.optim.lookahead import Lookahead, create_lookahead
 from metaopt.optim.modes import eval_mode, evaluating, train_mode
 from metaopt.optim.muon import Muon
 from metaopt.optim.nadam import NAdam
+from metaopt.optim.natural_gradient import NaturalGradient
 from metaopt.optim.newton import HessianFree, Newton
 from metaopt.optim.optimizer import MetaOptimizer
 from metaopt.optim.prodigy import Prodigy
@@ -56,7 +57,8 @@ for _name, _cls in (("prodigy", Prodigy), ("dadapt_adam", DAdaptAdam), ("dadapt_
 # second-order and curvature methods (L-BFGS, Newton and Hessian-free need closures: the
 # trainers step their members one by one; Shampoo and SOAP stack populations)
 for _name, _cls in (("lbfgs", LBFGS), ("newton", Newton), ("hessian_free", HessianFree),
-                    ("shampoo", Shampoo), ("soap", SOAP), ("kfac", KFAC)):
+                    ("shampoo", Shampoo), ("soap", SOAP), ("kfac", KFAC),
+                    ("natural_gradient", NaturalGradient)):
     register(_name, _cls)
 
 __all__ = [
@@ -67,5 +69,6 @@ __all__ = [
     "AdaBound", "LAMB", "Lion", "Lookahead",
     "Prodigy", "DAdaptAdam", "DAdaptSGD", "AdamWScheduleFree", "SGDScheduleFree",
     "schedule_free", "evaluating", "eval_mode", "train_mode",
-    "LBFGS", "Newton", "HessianFree", "Shampoo", "SOAP", "KFAC", "state_bytes",
+    "LBFGS", "Newton", "HessianFree", "Shampoo", "SOAP", "KFAC", "NaturalGradient",
+    "state_bytes",
 ]
