@@ -140,7 +140,7 @@ class NaturalGradient(LayerPreconditioner):
         s = self.curvature[first]
         if "factor" not in s or self.refresh_due():
             eye = torch.eye(fisher.shape[0], dtype=fisher.dtype, device=fisher.device)
-            s["factor"] = torch.linalg.cholesky(fisher + hp["damping"] * eye)
+            s["factor"] = torch.linalg.cholesky_ex(fisher + hp["damping"] * eye).L  # no sync
         plain = [gradient_matrix(m) for m in modules]
         flat = torch.cat([m.reshape(-1) for m in plain])
         solved = torch.cholesky_solve(flat[:, None], s["factor"]).squeeze(1)
