@@ -60,7 +60,12 @@ def _hb():
 # contenders run on some tasks only: a dense Fisher of the digits models (D = 4,810 and more)
 # costs a D³ Cholesky factorisation per step
 ONLY_TASKS = {"natural_gradient (dense, sampled Gaussian Fisher, sgd)":
-              {"ill_conditioned_regression"}}
+              {"ill_conditioned_regression"},
+              # a sampled Fisher's likelihood is the task's: Gaussian for squared error,
+              # categorical for cross-entropy
+              "kfac (sampled Gaussian Fisher, sgd, momentum 0.9)": {"ill_conditioned_regression"},
+              "kfac (sampled categorical Fisher, sgd, momentum 0.9)": {"digits_mlp",
+                                                                       "digits_cnn"}}
 
 
 def contenders(frequency: int) -> dict[str, tuple[callable, list[float], bool]]:
@@ -79,6 +84,11 @@ def contenders(frequency: int) -> dict[str, tuple[callable, list[float], bool]]:
     if hasattr(M, "KFAC"):
         out["kfac (sgd, momentum 0.9)"] = (
             lambda ps, lr, *_: M.KFAC(ps, lr=lr, momentum=0.9, update_freq=frequency), LRS, True)
+        for label, likelihood in (("Gaussian", "gaussian"), ("categorical", "categorical")):
+            out[f"kfac (sampled {label} Fisher, sgd, momentum 0.9)"] = (
+                lambda ps, lr, module, li=likelihood: M.KFAC(
+                    ps, lr=lr, momentum=0.9, update_freq=frequency, fisher="sampled",
+                    likelihood=li, model=module), LRS, True)
     if hasattr(M, "NaturalGradient"):
         out["natural_gradient (diagonal, sgd, momentum 0.9)"] = (
             lambda ps, lr, *_: M.NaturalGradient(ps, lr=lr, momentum=0.9), LRS, True)
