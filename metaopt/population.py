@@ -68,10 +68,11 @@ class Population:
     ``engine``: ``"stacked"`` (one optimizer with ``population=P`` over stacked parameters),
     ``"loop"`` (a module and an optimizer per member, stepped in turn) or ``"auto"`` (stacked
     unless the task can't be, which the result's ``note`` says).
-    ``forward``: how the stacked members' losses are computed: ``"vmap"`` (one batched
-    program), ``"members"`` (member by member on views of the stacked parameters) or
-    ``"auto"`` (vmap for small members; for large ones the first steps time both and keep
-    the faster).
+    ``forward``: how the stacked members' losses are computed: ``"batched"`` (MLP layers as
+    batched matmuls), ``"vmap"`` (the loss vmapped over members), ``"members"`` (member by
+    member on views of the stacked parameters) or ``"auto"`` (batched where the model allows
+    it, else vmap; for large members the first steps time that against members and keep the
+    faster); see :class:`~metaopt.population_engines.StackedEngine`.
     """
 
     def __init__(self, task: Task | str, optimizer: str | Callable,
@@ -110,7 +111,7 @@ class Population:
                                   device, forward=self.forward)
             return built, f"{self.P} members stacked"
         except Exception as err:
-            if engine == "stacked":
+            if engine == "stacked" or self.forward != "auto":  # asked for: say why not
                 raise
             return (LoopEngine(self.task, self.make_optimizer, self.hparams, self.seeds, device),
                     f"member-by-member loop: stacking failed ({type(err).__name__}: {err})")
@@ -256,9 +257,15 @@ class Population:
             if m.status == "ok":
                 m.value = value
         note = self.note
-        if isinstance(self.engine, StackedEngine) and self.engine.forward == "members":
+        engine = self.engine
+        if isinstance(engine, StackedEngine) and engine.forward == "members":
             note = (f"{self.P} members stacked; losses computed member by member (large, "
                     f"compute-bound members: faster than a batched program here)")
+        elif isinstance(engine, StackedEngine) and engine.forward == "batched":
+            note = f"{self.P} members stacked; layers batched by hand"
+        elif isinstance(engine, StackedEngine) and engine.why_not_batched:
+            note = f"{self.P} members stacked; vmapped (not batched by hand: " \
+                   f"{engine.why_not_batched})"
         return PopulationResult(self.members, self.engine.mode, note, seconds,
                                 self.evaluations)
 

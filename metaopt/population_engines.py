@@ -16,6 +16,7 @@ import torch
 from torch import Tensor, nn
 from torch.func import functional_call, stack_module_state, vmap
 
+from metaopt import population_batched as batched
 from metaopt.optim import hyperparams
 from metaopt.optim.modes import evaluating, train_mode
 from metaopt.tasks.datasets import Minibatches
@@ -65,23 +66,32 @@ def stacked_hparams(hparams: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
     return out
 
 
+FORWARDS = ("auto", "batched", "vmap", "members")
+
+
 class StackedEngine:
     """All members as one program: parameters stacked ``[P, ...]``, one optimizer with
-    ``population=P`` stepping them together, and the loss either vmapped over the member
-    dimension (one batched program: best for small members, where per-op overhead dominates)
-    or computed member by member on slices of the stacked parameters (best for large,
-    compute-bound members, whose single matmuls beat batched ones). The first steps time both
-    and keep the faster; gradients land in the same stacked buffers either way."""
+    ``population=P`` stepping them together, and the members' losses computed one of three
+    ways (``forward``): ``"batched"``, the model's layers written as batched matmuls
+    (:mod:`metaopt.population_batched`: MLPs), ``"vmap"``, the loss vmapped over the member
+    dimension (any vmappable model), or ``"members"``, member by member on slices of the
+    stacked parameters (large, compute-bound members, whose single matmuls beat batched
+    ones). ``"auto"``: batched where the model allows it and its first losses equal the
+    vmapped ones, else vmap; for large members the first steps time that against members
+    and keep the faster. Gradients land in the same stacked buffers every way.
+
+    When every member draws the same rows (members sharing a data seed, as a search's trials
+    do) the batch is drawn once and broadcast rather than gathered P times."""
 
     mode = "stacked"
-    TRIAL_STEPS = (1, 2)  # step 0 warms up; step 1 times vmap, step 2 member by member
-    TRIAL_MIN_NUMEL = 1 << 16  # smaller members are overhead-bound: vmap, no trial
+    TRIAL_STEPS = (1, 2)  # step 0 warms up; step 1 times batched/vmap, step 2 members
+    TRIAL_MIN_NUMEL = 1 << 16  # smaller members are overhead-bound: no trial
 
     def __init__(self, task: Task, make_optimizer: OptimizerFactory,
                  hparams: Sequence[Mapping[str, Any]], seeds: Sequence[int],
                  device: torch.device | str = "cpu", forward: str = "auto") -> None:
-        if forward not in ("auto", "vmap", "members"):
-            raise ValueError(f"forward must be auto, vmap or members, got {forward!r}")
+        if forward not in FORWARDS:
+            raise ValueError(f"forward must be one of {', '.join(FORWARDS)}, got {forward!r}")
         self.task, self.device, self.P = task, device, len(seeds)
         self.make_optimizer = make_optimizer
         members = [build_member(task, s, device) for s in seeds]
@@ -100,9 +110,16 @@ class StackedEngine:
         self.optimizer = make_optimizer(list(params.values()), population=self.P, **stacked)
         self.iters = [member_data(task, s) for s in seeds]
         self._initial_models: dict[int, nn.Module] = {}  # seed -> model, for reinit
+        self._program = batched.program(self.template)
+        if forward == "batched" and isinstance(self._program, str):
+            raise ValueError(f"forward='batched': {self._program}")
+        self._input_index: int | str | None = None  # which batch element feeds the model
+        self._check = forward == "auto" and not isinstance(self._program, str)
         self.forward = "vmap" if forward == "auto" else forward
+        self.why_not_batched = self._program if isinstance(self._program, str) else None
         self._tune = forward == "auto" and numel >= self.TRIAL_MIN_NUMEL
         self._steps, self._trial = 0, {}
+        self.shared_batch = False  # the last batch was one batch shared by every member
 
     def _member_losses(self, params: dict, buffers: dict, batch: Any) -> Tensor:
         """The loss of each member in turn, on views of the stacked tensors."""
@@ -118,25 +135,75 @@ class StackedEngine:
         return torch.stack(out)
 
     def next_batch(self) -> Any:
-        """Every member's next batch, stacked; one gather when all members draw rows of the
-        same tensors (the built-in datasets), else one ``next`` per member."""
+        """Every member's next batch, stacked ``[P, ...]`` (expanded views when all members
+        drew the same rows); see :meth:`draw`."""
+        batch, shared = self.draw()
+        return self._expand(batch) if shared else batch
+
+    def draw(self) -> tuple[Any, bool]:
+        """(batch, shared): when every member draws rows of the same tensors (the built-in
+        datasets), one gather, and, when they all drew the same rows, that one batch with
+        ``shared`` True; else every member's ``next``, stacked."""
         its = self.iters
         first = its[0]
         if all(isinstance(it, Minibatches) and len(it.tensors) == len(first.tensors)
                and all(a is b for a, b in zip(it.tensors, first.tensors)) for it in its):
-            return tuple(t.to(self.device) for t in Minibatches.gather(its))
-        return stack_batches([next(it) for it in its], self.device)
+            idx = torch.stack([it.next_indices() for it in its])
+            if bool((idx == idx[0]).all()):
+                return tuple(t[idx[0]].to(self.device) for t in first.tensors), True
+            return tuple(t[idx].to(self.device) for t in first.tensors), False
+        return stack_batches([next(it) for it in its], self.device), False
+
+    def _expand(self, batch: Any) -> Any:
+        if isinstance(batch, Tensor):
+            return batch.expand(self.P, *batch.shape)
+        return type(batch)(t.expand(self.P, *t.shape) for t in batch)
+
+    def _batched_losses(self, batch: Any, shared: bool) -> Tensor:
+        if self._input_index is None:
+            one = batch if shared else (batch[0] if isinstance(batch, Tensor)
+                                        else type(batch)(t[0] for t in batch))
+            self._input_index = batched.model_input(self.task, self.template, one)
+        if isinstance(self._input_index, str):
+            raise ValueError(f"forward='batched': {self._input_index}")
+        output = self._program(self.params, batched.inputs(batch, self._input_index), shared)
+        return batched.losses(self.task, output, batch, shared)
+
+    def _losses(self, forward: str, batch: Any, shared: bool) -> Tensor:
+        if forward == "batched":
+            return self._batched_losses(batch, shared)
+        batch = self._expand(batch) if shared else batch
+        fn = self._vmapped if forward == "vmap" else self._member_losses
+        return fn(*self._tensors, batch)
+
+    def _check_batched(self, batch: Any, shared: bool, reference: Tensor) -> None:
+        """``auto``'s first step: the batched losses must equal the vmapped ones (the same
+        loss on the same model); batched from now on if they do, vmap for good if not."""
+        self._check = False
+        try:
+            with torch.no_grad():
+                ours = self._batched_losses(batch, shared)
+        except Exception as err:  # a loss the stand-in model can't serve
+            self.why_not_batched = f"{type(err).__name__}: {err}"
+            return
+        close = torch.allclose(ours, reference.detach(), rtol=1e-4, atol=1e-6)
+        if close:
+            self.forward = "batched"
+        else:
+            self.why_not_batched = "its losses differ from the vmapped ones"
 
     def step(self) -> Tensor:
-        batch = self.next_batch()
+        batch, shared = self.draw()
+        self.shared_batch = shared
         self.optimizer.zero_grad(set_to_none=False)
         trial = self._tune and self._steps in self.TRIAL_STEPS
-        forward = ("vmap", "members")[self.TRIAL_STEPS.index(self._steps)] if trial \
+        forward = (self.forward, "members")[self.TRIAL_STEPS.index(self._steps)] if trial \
             else self.forward
         start = time.perf_counter()
-        losses_fn = self._vmapped if forward == "vmap" else self._member_losses
-        losses = losses_fn(*self._tensors, batch)
+        losses = self._losses(forward, batch, shared)
         losses.sum().backward()
+        if self._check:
+            self._check_batched(batch, shared, losses)
         if trial:
             self._trial[forward] = time.perf_counter() - start
             if len(self._trial) == 2:

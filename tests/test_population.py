@@ -48,7 +48,8 @@ HPARAMS = [{"lr": 0.01, "betas": (0.9, 0.999)}, {"lr": 0.05, "betas": (0.8, 0.99
 
 
 @pytest.mark.parametrize("name,forward", [("adamw", "vmap"), ("sgd", "vmap"),
-                                          ("adafactor", "vmap"), ("adamw", "members")])
+                                          ("adafactor", "vmap"), ("adamw", "members"),
+                                          ("adamw", "batched"), ("sgd", "batched")])
 def test_members_equal_separate_runs(name, forward):
     task = _tiny_task()
     hparams = HPARAMS if name != "sgd" else [{"lr": h["lr"], "momentum": h["betas"][0]}
@@ -63,6 +64,59 @@ def test_members_equal_separate_runs(name, forward):
         assert result.members[i].value == pytest.approx(value, rel=1e-10, abs=1e-12)
         for pname, p in module.named_parameters():
             torch.testing.assert_close(pop.engine.params[pname][i], p, rtol=1e-10, atol=1e-12)
+
+
+def _shared_data_task() -> Task:
+    """A float64 MLP on fixed minibatches (the built-in datasets' iterator), so members with
+    one data seed draw the same rows and the engine broadcasts one batch."""
+    from metaopt.tasks.datasets import minibatches
+
+    g = torch.Generator().manual_seed(7)
+    x = torch.randn(96, 4, generator=g, dtype=torch.float64)
+    y = torch.randint(0, 3, (96,), generator=g)
+
+    def model():
+        return nn.Sequential(nn.Linear(4, 6), nn.ReLU(), nn.Linear(6, 3)).double()
+
+    def loss(module, batch):
+        return nn.functional.cross_entropy(module(batch[0]), batch[1])
+
+    @torch.no_grad()
+    def evaluate(module):
+        return float(loss(module, (x, y)))
+
+    return Task("shared", model, loss, lambda gen: minibatches(x, y, 16, gen), evaluate,
+                steps=20)
+
+
+@pytest.mark.parametrize("seeds", [[2, 2, 2], [2, 3, 4]], ids=["shared", "own"])
+@pytest.mark.parametrize("forward", ["auto", "vmap", "members"])
+def test_shared_and_own_data_seeds_equal_separate_runs(seeds, forward):
+    """``auto`` batches the MLP by hand; with one data seed every member gets the same
+    batch, drawn once and broadcast; either way member i == its own metaopt.train run."""
+    task = _shared_data_task()
+    pop = Population(task, "adamw", HPARAMS, seeds=seeds, forward=forward)
+    result = pop.run(12)
+    assert pop.engine.shared_batch == (len(set(seeds)) == 1)
+    assert pop.engine.forward == ("batched" if forward == "auto" else forward)
+    for i, h in enumerate(HPARAMS):
+        module, value = _single_run(task, "adamw", h, seeds[i], 12)
+        assert result.members[i].value == pytest.approx(value, rel=1e-10, abs=1e-12)
+        for pname, p in module.named_parameters():
+            torch.testing.assert_close(pop.engine.params[pname][i], p, rtol=1e-10, atol=1e-12)
+
+
+def test_a_model_without_a_batched_form_is_vmapped_and_says_why():
+    task = _tiny_task()
+    conv = Task("conv", lambda: nn.Sequential(nn.Unflatten(1, (1, 3)), nn.Conv1d(1, 2, 2),
+                                              nn.Flatten(), nn.Linear(4, 1)).double(),
+                task.loss, task.data, task.evaluate, steps=5)
+    pop = Population(conv, "adamw", HPARAMS, seeds=[1, 2, 3])
+    result = pop.run(2)
+    assert pop.engine.forward == "vmap"
+    assert "not batched by hand: layer 0 (Unflatten)" in result.note
+    with pytest.raises(ValueError, match="forward='batched': layer 0"):
+        Population(conv, "adamw", HPARAMS, seeds=[1, 2, 3], forward="batched")
 
 
 def test_diverging_member_is_reported_and_others_are_untouched():

@@ -102,7 +102,8 @@ def population_state(pop: Population, drawn: Sequence[int]) -> dict[str, Any]:
         out["buffers"] = {k: v.detach().clone() for k, v in engine.buffers.items()}
         out["optimizers"] = [engine.optimizer.state_dict()]
         out["forward"] = {"forward": engine.forward, "tune": engine._tune,
-                          "steps": engine._steps, "trial": dict(engine._trial)}
+                          "steps": engine._steps, "trial": dict(engine._trial),
+                          "check": engine._check}
     else:
         out["modules"] = [m.state_dict() for m in engine.modules]
         out["optimizers"] = [o.state_dict() for o in engine.optimizers]
@@ -129,6 +130,7 @@ def restore_population(pop: Population, state: Mapping[str, Any]) -> None:
         forward = state["forward"]
         engine.forward, engine._tune = forward["forward"], forward["tune"]
         engine._steps, engine._trial = forward["steps"], dict(forward["trial"])
+        engine._check = forward.get("check", False)
     else:
         for module, saved in zip(engine.modules, state["modules"]):
             module.load_state_dict(saved)
@@ -202,9 +204,10 @@ def _restore_runners(opt: Any, saved: Sequence[Mapping[str, Any] | None]) -> Non
 
 def forward_rule(task: Any, seed: int, device: str) -> str:
     """The stacked forward without timing: member by member for members as large as the
-    engine would time (compute-bound), else one vmapped program."""
+    engine would time (compute-bound), else ``auto``, which for such small members times
+    nothing (batched where the model allows it and its losses check out, else vmap)."""
     numel = sum(p.numel() for p in build_member(task, seed, device).parameters())
-    return "members" if numel >= StackedEngine.TRIAL_MIN_NUMEL else "vmap"
+    return "members" if numel >= StackedEngine.TRIAL_MIN_NUMEL else "auto"
 
 
 def fix_choices(pop: Population) -> None:

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import nn
 
 from metaopt.tasks import datasets
+from metaopt.tasks.losses import Supervised
 from metaopt.tasks.task import Task
 
 BATCH_SIZE = 128
@@ -25,9 +26,7 @@ def model() -> nn.Module:
     )
 
 
-def loss(module: nn.Module, batch: tuple[Tensor, Tensor]) -> Tensor:
-    x, y = batch
-    return F.cross_entropy(module(x), y)
+loss = Supervised(F.cross_entropy)
 
 
 data = datasets.TrainBatches(datasets.digits, BATCH_SIZE)

@@ -8,9 +8,10 @@ digits, used to meta-train the learned optimizer.
 from __future__ import annotations
 
 import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import nn
 
 from metaopt.tasks import datasets
+from metaopt.tasks.losses import Supervised
 from metaopt.tasks.task import Task
 
 BATCH_SIZE = 128
@@ -34,9 +35,7 @@ def sigmoid_mlp() -> nn.Module:
     return mlp((20,), nn.Sigmoid)
 
 
-def loss(module: nn.Module, batch: tuple[Tensor, Tensor]) -> Tensor:
-    x, y = batch
-    return F.cross_entropy(module(x), y)
+loss = Supervised(F.cross_entropy)
 
 
 data = datasets.TrainBatches(datasets.digits, BATCH_SIZE)

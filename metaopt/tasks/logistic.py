@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import nn
 
 from metaopt.tasks import datasets
+from metaopt.tasks.losses import Supervised
 from metaopt.tasks.task import Task
 
 BATCH_SIZE = 64
@@ -15,9 +16,7 @@ def model() -> nn.Module:
     return nn.Linear(30, 1)
 
 
-def loss(module: nn.Module, batch: tuple[Tensor, Tensor]) -> Tensor:
-    x, y = batch
-    return F.binary_cross_entropy_with_logits(module(x).squeeze(-1), y)
+loss = Supervised(F.binary_cross_entropy_with_logits, squeeze=True)
 
 
 data = datasets.TrainBatches(datasets.breast_cancer, BATCH_SIZE)
