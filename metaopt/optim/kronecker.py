@@ -91,8 +91,16 @@ def inverse_root(matrix: Tensor, root: float, eps: Tensor | float) -> Tensor:
     return (vectors * values.unsqueeze(-2)) @ vectors.mT
 
 
-def eigenbasis(matrix: Tensor) -> Tensor:
-    """Orthonormal eigenvectors of symmetric matrices (columns, eigenvalues ascending)."""
+def eigenbasis(matrix: Tensor, per_member: bool = False) -> Tensor:
+    """Orthonormal eigenvectors of symmetric matrices (columns, eigenvalues ascending).
+
+    Where eigenvalues repeat (a factor of few gradients is rank-deficient) any basis of
+    their eigenspace is as good, and LAPACK's choice depends on how many matrices a call
+    batches; ``per_member`` makes one call per member (leading dimension), each batching
+    exactly the matrices a separate run of that member would, so a stacked population picks
+    the bases its members would pick alone."""
+    if per_member:
+        return torch.stack([torch.linalg.eigh(m).eigenvectors for m in matrix])
     return torch.linalg.eigh(matrix).eigenvectors
 
 

@@ -92,7 +92,7 @@ def rule(params: list[Tensor], grads: list[Tensor], states: list[State],
             f = s[f"factor_{i}"].lerp_(kr.factor(blocks, i), per_member(1 - beta, s[f"factor_{i}"]))
             if any(refresh):
                 basis = s[f"basis_{i}"]
-                new = kr.eigenbasis(f)
+                new = kr.eigenbasis(f, per_member=population)
                 overlap = basis.mT @ new  # old coordinates -> new: P = Q_oldᵀ Q_new
                 m.copy_(kr.select(refresh, kr.along(m, overlap.to(m.dtype), i), m))
                 v.copy_(kr.select(refresh, kr.along(v, (overlap * overlap).to(v.dtype), i), v))
