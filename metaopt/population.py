@@ -67,7 +67,7 @@ class Population:
 
     ``engine``: ``"stacked"`` (one optimizer with ``population=P`` over stacked parameters),
     ``"loop"`` (a module and an optimizer per member, stepped in turn) or ``"auto"`` (stacked
-    unless the task can't be, which the result's ``note`` says).
+    unless the task can't be or there is one member, which the result's ``note`` says).
     ``forward``: how the stacked members' losses are computed: ``"batched"`` (MLP layers as
     batched matmuls), ``"vmap"`` (the loss vmapped over members), ``"members"`` (member by
     member on views of the stacked parameters) or ``"auto"`` (batched where the model allows
@@ -103,6 +103,8 @@ class Population:
         if engine not in ENGINES:
             raise ValueError(f"engine must be one of {', '.join(ENGINES)}, got {engine!r}")
         why = self._loop_reason()
+        if engine == "auto" and not why and self.P == 1 and self.forward == "auto":
+            why = "one member: a plain training loop (nothing to batch)"
         if engine == "loop" or (engine == "auto" and why):
             return LoopEngine(self.task, self.make_optimizer, self.hparams, self.seeds,
                               device), why or "loop requested"
