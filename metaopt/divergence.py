@@ -5,6 +5,8 @@ floor, so that a first loss near zero does not make every later wobble a blow-up
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import Tensor
 
@@ -20,6 +22,14 @@ def judge(losses: Tensor, first: Tensor, blowup: float = BLOWUP) -> Tensor:
     return torch.where(finite, torch.where(blown, BLOWN_UP, OK), NOT_FINITE)
 
 
+def verdict(loss: float, first: float, blowup: float = BLOWUP) -> int:
+    """:func:`judge` of one loss, on Python floats (a population's per-step record: no
+    tensor ops for a handful of members)."""
+    if not math.isfinite(loss):
+        return NOT_FINITE
+    return BLOWN_UP if loss > blowup * max(abs(first), 1.0) else OK
+
+
 def reason(verdict: int, loss: float, step: int, blowup: float = BLOWUP) -> str | None:
     """The text of a :func:`judge` verdict (None for ``OK``)."""
     if verdict == NOT_FINITE:
@@ -29,4 +39,4 @@ def reason(verdict: int, loss: float, step: int, blowup: float = BLOWUP) -> str 
 
 def check(loss: float, first: float, step: int, blowup: float = BLOWUP) -> str | None:
     """One run's loss at ``step``: the divergence reason, or None."""
-    return reason(int(judge(torch.tensor(loss), torch.tensor(first), blowup)), loss, step, blowup)
+    return reason(verdict(loss, first, blowup), loss, step, blowup)

@@ -133,7 +133,7 @@ class Population:
             losses = self._first_vmap_step()
         else:
             losses = self.engine.step()
-        self.evaluations += self.task.grad_evals_per_step * int(self.active.sum())
+        self.evaluations += self.task.grad_evals_per_step * sum(self.active.tolist())
         self._record(losses)
         return losses
 
@@ -157,20 +157,26 @@ class Population:
             self.engine.write_hparam("lr", lr)
 
     def _record(self, losses: Tensor) -> None:
-        losses = losses.detach().double().cpu()
-        first = torch.isnan(self.first_loss) & self.active
-        self.first_loss[first] = losses[first]
-        for m, active, step, loss in zip(self.members, self.active.tolist(),
-                                         self.steps_done.tolist(), losses.tolist()):
-            if active:
-                m.curve.append((int(step), loss))
-                m.steps += 1
-        verdicts = divergence.judge(losses, self.first_loss.nan_to_num(0.0))
-        verdicts[~self.active] = divergence.OK
-        for i in torch.nonzero(verdicts).flatten().tolist():
-            step = int(self.steps_done[i])
-            self.freeze(i, divergence.reason(int(verdicts[i]), float(losses[i]), step), step)
-        self.steps_done[self.active] += 1
+        """Each active member's loss into its curve, its first loss kept, the divergence rule
+        applied: on Python floats, one transfer of the ``[P]`` losses per step."""
+        values = losses.detach().double().cpu().tolist()
+        active, steps = self.active.tolist(), self.steps_done.tolist()
+        first = self.first_loss.tolist()
+        diverged = []
+        for i, (m, live, step, loss) in enumerate(zip(self.members, active, steps, values)):
+            if not live:
+                continue
+            if math.isnan(first[i]):
+                first[i] = loss
+                self.first_loss[i] = loss
+            m.curve.append((int(step), loss))
+            m.steps += 1
+            verdict = divergence.verdict(loss, 0.0 if math.isnan(first[i]) else first[i])
+            if verdict:
+                diverged.append((i, divergence.reason(verdict, loss, int(step)), int(step)))
+        for i, reason, step in diverged:
+            self.freeze(i, reason, step)
+        self.steps_done.add_(self.active)  # a member frozen just now does not advance
 
     def freeze(self, i: int, reason: str, at: int) -> None:
         """Mark member ``i`` diverged: its learning rate is held at zero and its weights
