@@ -23,7 +23,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from metaopt import divergence, optim, schedules
+from metaopt import divergence, optim, population_trial, schedules
 from metaopt.monitor import progress_bar
 from metaopt.population_engines import LoopEngine, StackedEngine, set_member_hparams
 from metaopt.tasks import Task
@@ -67,7 +67,8 @@ class Population:
 
     ``engine``: ``"stacked"`` (one optimizer with ``population=P`` over stacked parameters),
     ``"loop"`` (a module and an optimizer per member, stepped in turn) or ``"auto"`` (stacked
-    unless the task can't be or there is one member, which the result's ``note`` says).
+    unless the task can't be or there is one member, which the result's ``note`` says; for
+    large members whichever of the two steps faster, see :mod:`metaopt.population_trial`).
     ``forward``: how the stacked members' losses are computed: ``"batched"`` (MLP layers as
     batched matmuls), ``"vmap"`` (the loss vmapped over members), ``"members"`` (member by
     member on views of the stacked parameters) or ``"auto"`` (batched where the model allows
@@ -111,12 +112,28 @@ class Population:
         try:
             built = StackedEngine(self.task, self.make_optimizer, self.hparams, self.seeds,
                                   device, forward=self.forward)
+            if engine == "auto" and built._tune:
+                return self._tried(built, device)
             return built, f"{self.P} members stacked"
         except Exception as err:
             if engine == "stacked" or self.forward != "auto":  # asked for: say why not
                 raise
             return (LoopEngine(self.task, self.make_optimizer, self.hparams, self.seeds, device),
                     f"member-by-member loop: stacking failed ({type(err).__name__}: {err})")
+
+    def _tried(self, trial: StackedEngine, device: str):
+        """Large members: stacked or a loop, whichever stepped faster (see
+        :mod:`metaopt.population_trial`), built afresh."""
+        loop = LoopEngine(self.task, self.make_optimizer, self.hparams, self.seeds, device)
+        choice, forward, seconds = population_trial.fastest(trial, loop)
+        timing = ", ".join(f"{k} {v * 1e3:.0f} ms" for k, v in seconds.items())
+        if choice == "loop":
+            return (LoopEngine(self.task, self.make_optimizer, self.hparams, self.seeds, device),
+                    f"member-by-member loop: faster than stacking these large members "
+                    f"(a step: {timing})")
+        return (StackedEngine(self.task, self.make_optimizer, self.hparams, self.seeds, device,
+                              forward=forward),
+                f"{self.P} members stacked (a step: {timing})")
 
     def _loop_reason(self) -> str | None:
         if self.task.train_step is not None:

@@ -176,3 +176,19 @@ def test_schedule_writes_per_member_values():
     for k in range(3):
         torch.testing.assert_close(seen[k], torch.tensor([0.1, 0.01], dtype=torch.float64)
                                    * cos[k])
+
+
+def test_auto_for_large_members_times_stacked_against_a_loop_and_members_stay_exact():
+    """Members of ≥ 2¹⁶ parameters: ``auto`` steps a stacked and a looped copy, keeps the
+    faster and builds it afresh, so each member still equals its separate run."""
+    base = _shared_data_task()
+    wide = Task("wide", lambda: nn.Sequential(nn.Linear(4, 300), nn.ReLU(),
+                                              nn.Linear(300, 220), nn.ReLU(),
+                                              nn.Linear(220, 3)).double(),
+                base.loss, base.data, base.evaluate, steps=5)
+    pop = Population(wide, "adamw", HPARAMS[:2], seeds=[5, 6])
+    assert pop.engine.mode in ("stacked", "loop") and "a step: stacked" in pop.note
+    result = pop.run(4)
+    for i, h in enumerate(HPARAMS[:2]):
+        module, value = _single_run(wide, "adamw", h, [5, 6][i], 4)
+        assert result.members[i].value == pytest.approx(value, rel=1e-10, abs=1e-12)
