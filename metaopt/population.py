@@ -123,21 +123,23 @@ class Population:
 
     def _tried(self, trial: StackedEngine, device: str):
         """Large members: stacked or a loop, whichever stepped faster (see
-        :mod:`metaopt.population_trial`), built afresh."""
-        loop = LoopEngine(self.task, self.make_optimizer, self.hparams, self.seeds, device)
-        choice, forward, seconds = population_trial.fastest(trial, loop)
+        :mod:`metaopt.population_trial`); a stacked winner starts every member over."""
+        one = LoopEngine(self.task, self.make_optimizer, self.hparams[:1], self.seeds[:1],
+                         device)
+        choice, seconds = population_trial.fastest(trial, one, self.P)
         timing = ", ".join(f"{k} {v * 1e3:.0f} ms" for k, v in seconds.items())
         if choice == "loop":
             return (LoopEngine(self.task, self.make_optimizer, self.hparams, self.seeds, device),
                     f"member-by-member loop: faster than stacking these large members "
                     f"(a step: {timing})")
-        return (StackedEngine(self.task, self.make_optimizer, self.hparams, self.seeds, device,
-                              forward=forward),
-                f"{self.P} members stacked (a step: {timing})")
+        for i, seed in enumerate(self.seeds):
+            trial.reinit(i, seed)
+        return trial, f"{self.P} members stacked (a step: {timing})"
 
     def _loop_reason(self) -> str | None:
-        if self.task.train_step is not None:
-            return "member-by-member loop: the task has its own train_step"
+        if self.task.train_step is not None and not getattr(self.task.train_step, "phases",
+                                                            None):
+            return "member-by-member loop: the task has its own train_step (not phased)"
         if not self.task.vmap_ok:
             return "member-by-member loop: the task's model can't be vmapped"
         return None

@@ -105,6 +105,9 @@ class StackedEngine:
                          {f"inner.{k}": v for k, v in buffers.items()})
         self._loss_module = loss_module
         self._vmapped = vmap(lambda p, b, batch: functional_call(loss_module, (p, b), (batch,)))
+        self.phases = getattr(task.train_step, "phases", None)  # a phased train_step
+        self._phase_losses = [self._vmapped_loss(phase.loss, members[0])
+                              for phase in self.phases or ()]
         stacked = stacked_hparams(hparams)
         self.options = {k: v for k, v in stacked.items() if _is_option(v)}
         self.optimizer = make_optimizer(list(params.values()), population=self.P, **stacked)
@@ -120,6 +123,29 @@ class StackedEngine:
         self._tune = forward == "auto" and numel >= self.TRIAL_MIN_NUMEL
         self._steps, self._trial = 0, {}
         self.shared_batch = False  # the last batch was one batch shared by every member
+
+    @staticmethod
+    def _vmapped_loss(loss: Callable, member: nn.Module) -> Callable:
+        module = LossModule(loss, copy.deepcopy(member))
+        return vmap(lambda p, b, batch: functional_call(module, (p, b), (batch,)))
+
+    def _phased_step(self, batch: Any) -> Tensor:
+        """The task's phases on every member at once: per phase, the members' losses
+        backpropagated, the parameters the phase does not train given no grads (the
+        optimizer skips them), one step. Returns the first phase's losses."""
+        first = None
+        for phase, losses_of in zip(self.phases, self._phase_losses):
+            self.optimizer.zero_grad(set_to_none=False)
+            losses = losses_of(*self._tensors, batch)
+            losses.sum().backward()
+            for name, p in self.params.items():
+                if not name.startswith(phase.trains):
+                    p.grad = None
+            train_mode(self.optimizer)
+            self.optimizer.step()
+            first = losses.detach() if first is None else first
+        self._steps += 1
+        return first
 
     def _member_losses(self, params: dict, buffers: dict, batch: Any) -> Tensor:
         """The loss of each member in turn, on views of the stacked tensors."""
@@ -195,6 +221,8 @@ class StackedEngine:
     def step(self) -> Tensor:
         batch, shared = self.draw()
         self.shared_batch = shared
+        if self.phases:
+            return self._phased_step(self._expand(batch) if shared else batch)
         self.optimizer.zero_grad(set_to_none=False)
         trial = self._tune and self._steps in self.TRIAL_STEPS
         forward = (self.forward, "members")[self.TRIAL_STEPS.index(self._steps)] if trial \

@@ -2,12 +2,13 @@
 
 Members large enough to be compute-bound gain little from batching, and on some machines
 and sizes a loop of single trainings (torch's fused kernels, single matmuls) beats the
-stacked program. The trial builds both engines, steps each a few times on its own copy of
-the population (the stacked engine's own forward trial included), and keeps the faster; the
-chosen engine is then built afresh, so every member still starts exactly where its own
-``metaopt.train`` run would. Only members of at least ``StackedEngine.TRIAL_MIN_NUMEL``
-parameters are tried; a checkpoint records the choice (the population's ``mode``), so a
-resumed run takes the same engine.
+stacked program. The trial steps the stacked engine a few times (its own forward trial
+included) and a loop of member 0 alone (its step time × P estimates the loop's, members
+being equal in size), and keeps the faster. A stacked winner then starts every member over
+(``reinit``: weights, optimizer state and data from the seed), a loop is built afresh, so
+every member still starts exactly where its own ``metaopt.train`` run would. Only members of
+at least ``StackedEngine.TRIAL_MIN_NUMEL`` parameters are tried; a checkpoint records the
+choice (the population's ``mode``), so a resumed run takes the same engine.
 """
 
 from __future__ import annotations
@@ -31,12 +32,13 @@ def _timed(step: Callable[[], object], steps: int) -> float:
     return seconds
 
 
-def fastest(stacked: StackedEngine, loop: LoopEngine) -> tuple[str, str, dict[str, float]]:
-    """(``"stacked"`` or ``"loop"``, the stacked engine's chosen forward, seconds per step
-    of each): both engines are stepped, so they are spent."""
+def fastest(stacked: StackedEngine, one_member: LoopEngine,
+            P: int) -> tuple[str, dict[str, float]]:
+    """(``"stacked"`` or ``"loop"``, seconds per step of each): both engines are stepped,
+    so their members are no longer at their start."""
     for _ in range(STACKED_STEPS):
         stacked.step()
     seconds = {"stacked": min(stacked._trial.values()) if stacked._trial
                else _timed(stacked.step, 1),
-               "loop": _timed(loop.step, LOOP_STEPS)}
-    return min(seconds, key=seconds.get), stacked.forward, seconds
+               "loop": _timed(one_member.step, LOOP_STEPS) * P}
+    return min(seconds, key=seconds.get), seconds

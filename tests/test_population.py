@@ -1,5 +1,6 @@
 """The population trainer: P stacked members == P separate runs; divergence; reset; fallback."""
 
+import dataclasses
 import math
 
 import pytest
@@ -158,10 +159,23 @@ def test_copy_member_and_set_hparams():
 
 
 def test_tasks_vmap_cannot_serve_fall_back_to_a_loop_and_say_so():
-    result = train_population("gan_mixture", "adam", [{"lr": 2e-3, "betas": (0.5, 0.999)}] * 2,
-                              steps=3)
-    assert result.engine == "loop" and "train_step" in result.note
+    """An own train_step that isn't phased: member by member; the GAN's phased one stacks."""
+    task = _tiny_task()
+
+    def train_step(module, optimizer, batch):
+        optimizer.zero_grad()
+        value = task.loss(module, batch)
+        value.backward()
+        optimizer.step()
+        return value.detach()
+
+    own = dataclasses.replace(task, train_step=train_step, grad_evals_per_step=2)
+    result = train_population(own, "adam", [{"lr": 1e-2}] * 2, steps=3)
+    assert result.engine == "loop" and "own train_step (not phased)" in result.note
     assert result.evaluations == 2 * 2 * 3
+    gan = train_population("gan_mixture", "adam", [{"lr": 2e-3, "betas": (0.5, 0.999)}] * 2,
+                           steps=3)
+    assert gan.engine == "stacked" and gan.evaluations == 2 * 2 * 3
 
 
 def test_schedule_writes_per_member_values():

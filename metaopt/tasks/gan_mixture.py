@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from metaopt.tasks.task import Task, module_device
+from metaopt.tasks.task import Phase, Task, module_device, phased_train_step
 
 MODES = 8
 RADIUS = 2.0
@@ -80,29 +80,20 @@ def loss(module: GAN, batch: tuple[Tensor, Tensor]) -> Tensor:
     return _discriminator_loss(module, real, module.generator(z))
 
 
-def _drop_grads(player: nn.Module) -> None:
-    for p in player.parameters():
-        p.grad = None
-
-
-def train_step(
-    module: GAN, optimizer: torch.optim.Optimizer, batch: tuple[Tensor, Tensor]
-) -> Tensor:
-    """One discriminator step, then one generator step, on one optimizer over both players:
-    before each ``optimizer.step()`` the other player's grads are set to None, so it is
-    skipped (no update, no moment decay, no weight decay). Returns the discriminator loss."""
+def _discriminator_phase(module: GAN, batch: tuple[Tensor, Tensor]) -> Tensor:
     real, z = batch
-    optimizer.zero_grad()
-    d_loss = _discriminator_loss(module, real, module.generator(z).detach())
-    d_loss.backward()
-    _drop_grads(module.generator)
-    optimizer.step()
+    return _discriminator_loss(module, real, module.generator(z).detach())
 
-    optimizer.zero_grad()
-    _generator_loss(module, z).backward()
-    _drop_grads(module.discriminator)
-    optimizer.step()
-    return d_loss.detach()
+
+def _generator_phase(module: GAN, batch: tuple[Tensor, Tensor]) -> Tensor:
+    return _generator_loss(module, batch[1])
+
+
+# One discriminator step, then one generator step, on one optimizer over both players: before
+# each step the other player's grads are set to None, so it is skipped (no update, no moment
+# decay, no weight decay). Returns the discriminator loss. As phases, a population stacks it.
+train_step = phased_train_step(Phase("discriminator.", _discriminator_phase),
+                               Phase("generator.", _generator_phase))
 
 
 def data(generator: torch.Generator) -> Iterator[tuple[Tensor, Tensor]]:
@@ -136,7 +127,6 @@ def gan_mixture() -> Task:
         default_hparams={"lr": 2e-3, "betas": (0.5, 0.999)},
         target=0.12,
         train_step=train_step,
-        vmap_ok=False,
         grad_evals_per_step=2,
         description="GAN (leaky-ReLU MLPs 64-64) on a ring of 8 Gaussians, batch 128, own "
         "train_step (two optimizer steps per batch); validation energy distance, 1,000 vs 1,000 "

@@ -2,8 +2,11 @@
 pole for ``HORIZON`` steps.
 
 A batch is the randomness of one round of episodes (start states and the uniform noise that
-samples actions), so training is deterministic for a given generator. Validation is minus the
-mean return of the stochastic policy on fixed evaluation episodes (best possible: −HORIZON).
+samples actions), so training is deterministic for a given generator, and the loss (roll out
+with the current policy, then the surrogate) is an ordinary loss: one on-policy update is one
+gradient step on it, and a population of policies vmaps (each member's own episodes).
+Validation is minus the mean return of the stochastic policy on fixed evaluation episodes
+(best possible: −HORIZON).
 """
 
 from __future__ import annotations
@@ -49,6 +52,14 @@ def _returns_to_go(rewards: Tensor) -> Tensor:
     return out
 
 
+def masked_std(x: Tensor, mask: Tensor) -> Tensor:
+    """``x[mask].std()`` (Bessel-corrected) without indexing by the mask, so the loss vmaps
+    over a stacked population (each member's episodes end at different steps)."""
+    count = mask.sum()
+    mean = torch.where(mask, x, 0.0).sum() / count
+    return (torch.where(mask, (x - mean) ** 2, 0.0).sum() / (count - 1)).sqrt()
+
+
 def loss(module: nn.Module, batch: tuple[Tensor, Tensor]) -> Tensor:
     """REINFORCE surrogate: roll out (no grad), then −Σ log π(a|s) · advantage over the steps
     taken, with the per-step batch mean as baseline and normalised advantages."""
@@ -56,22 +67,10 @@ def loss(module: nn.Module, batch: tuple[Tensor, Tensor]) -> Tensor:
     run = cartpole.rollout(module, start, noise)
     returns = _returns_to_go(run.alive)
     advantage = returns - returns.mean(1, keepdim=True)
-    advantage = advantage / (advantage[run.alive > 0].std() + 1e-6)
+    advantage = advantage / (masked_std(advantage, run.alive > 0) + 1e-6)
     logits = module(run.states).squeeze(-1)
     log_prob = -F.binary_cross_entropy_with_logits(logits, run.actions.float(), reduction="none")
     return -(log_prob * advantage * run.alive).sum() / run.alive.sum()
-
-
-def train_step(
-    module: nn.Module, optimizer: torch.optim.Optimizer, batch: tuple[Tensor, Tensor]
-) -> Tensor:
-    """One on-policy update: fresh episodes with the current policy, one gradient step.
-    Returns the surrogate loss."""
-    optimizer.zero_grad()
-    value = loss(module, batch)
-    value.backward()
-    optimizer.step()
-    return value.detach()
 
 
 def data(generator: torch.Generator) -> Iterator[tuple[Tensor, Tensor]]:
@@ -96,8 +95,6 @@ def policy_gradient() -> Task:
         default_optimizer="adam",
         default_hparams={"lr": 1e-2},
         target=-70.0,
-        train_step=train_step,
-        vmap_ok=False,
         description=f"REINFORCE on batched CartPole (horizon {HORIZON}, {EPISODES} episodes per "
         f"step), policy 4-16-1; validation: minus the mean return on {VAL_EPISODES} fixed episodes",
     )

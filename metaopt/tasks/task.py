@@ -32,6 +32,44 @@ class LossModule(nn.Module):
         return self.loss(self.inner, batch)
 
 
+@dataclass(frozen=True)
+class Phase:
+    """One optimizer step of a task that takes several per batch: ``loss(module, batch)`` is
+    backpropagated, then only the parameters whose names start with ``trains`` are stepped
+    (the others' grads are set to None, so the optimizer skips them: no update, no moment
+    decay, no weight decay)."""
+
+    trains: str
+    loss: Callable[[nn.Module, Batch], Tensor]
+
+
+@dataclass(frozen=True)
+class PhasedTrainStep:
+    """A ``train_step`` of one optimizer step per phase, in order; it returns the first
+    phase's loss. The phases stay readable on it (``.phases``), so a population trainer can
+    run the same steps on stacked members. A dataclass, so a task holding it pickles."""
+
+    phases: tuple[Phase, ...]
+
+    def __call__(self, module: nn.Module, optimizer: torch.optim.Optimizer,
+                 batch: Batch) -> Tensor:
+        first = None
+        for phase in self.phases:
+            optimizer.zero_grad()
+            value = phase.loss(module, batch)
+            value.backward()
+            for name, p in module.named_parameters():
+                if not name.startswith(phase.trains):
+                    p.grad = None
+            optimizer.step()
+            first = value.detach() if first is None else first
+        return first
+
+
+def phased_train_step(*phases: Phase) -> PhasedTrainStep:
+    return PhasedTrainStep(tuple(phases))
+
+
 def _default_hparams() -> dict[str, Any]:
     return {"lr": 1e-3}
 
@@ -59,7 +97,8 @@ class Task:
     - ``grad_evals_per_step``: forward+backward passes one step costs (budgets count these); a
       GAN's train_step with two players costs 2.
     - ``vmap_ok``: False when a population trainer cannot ``torch.func.vmap`` the loss over stacked
-      members (BatchNorm, dropout, or an own ``train_step``); it then loops over members.
+      members (BatchNorm, dropout, or an own ``train_step`` other than a
+      :func:`phased_train_step`); it then loops over members.
     """
 
     name: str
