@@ -25,7 +25,12 @@ from torch import Tensor
 
 from metaopt import divergence, optim, population_trial, schedules
 from metaopt.monitor import progress_bar
-from metaopt.population_engines import LoopEngine, StackedEngine, set_member_hparams
+from metaopt.population_engines import (
+    LoopEngine,
+    StackedEngine,
+    build_member,
+    set_member_hparams,
+)
 from metaopt.tasks import Task
 from metaopt.tasks import get as get_task
 
@@ -110,10 +115,10 @@ class Population:
             return LoopEngine(self.task, self.make_optimizer, self.hparams, self.seeds,
                               device), why or "loop requested"
         try:
+            if engine == "auto" and self.forward == "auto" and self._large(device):
+                return self._tried(device)
             built = StackedEngine(self.task, self.make_optimizer, self.hparams, self.seeds,
                                   device, forward=self.forward)
-            if engine == "auto" and built._tune:
-                return self._tried(built, device)
             return built, f"{self.P} members stacked"
         except Exception as err:
             if engine == "stacked" or self.forward != "auto":  # asked for: say why not
@@ -121,20 +126,27 @@ class Population:
             return (LoopEngine(self.task, self.make_optimizer, self.hparams, self.seeds, device),
                     f"member-by-member loop: stacking failed ({type(err).__name__}: {err})")
 
-    def _tried(self, trial: StackedEngine, device: str):
-        """Large members: stacked or a loop, whichever stepped faster (see
-        :mod:`metaopt.population_trial`); a stacked winner starts every member over."""
+    def _large(self, device: str) -> bool:
+        member = build_member(self.task, self.seeds[0], device)
+        return sum(p.numel() for p in member.parameters()) >= StackedEngine.TRIAL_MIN_NUMEL
+
+    def _tried(self, device: str):
+        """Large members: stacked or a loop, whichever steps faster (see
+        :mod:`metaopt.population_trial`), built for every member."""
+        k = min(self.P, population_trial.MEMBERS)
+        few = StackedEngine(self.task, self.make_optimizer, self.hparams[:k], self.seeds[:k],
+                            device)
         one = LoopEngine(self.task, self.make_optimizer, self.hparams[:1], self.seeds[:1],
                          device)
-        choice, seconds = population_trial.fastest(trial, one, self.P)
+        choice, forward, seconds = population_trial.fastest(few, one, self.P)
         timing = ", ".join(f"{k} {v * 1e3:.0f} ms" for k, v in seconds.items())
         if choice == "loop":
             return (LoopEngine(self.task, self.make_optimizer, self.hparams, self.seeds, device),
                     f"member-by-member loop: faster than stacking these large members "
-                    f"(a step: {timing})")
-        for i, seed in enumerate(self.seeds):
-            trial.reinit(i, seed)
-        return trial, f"{self.P} members stacked (a step: {timing})"
+                    f"(a step, estimated: {timing})")
+        return (StackedEngine(self.task, self.make_optimizer, self.hparams, self.seeds, device,
+                              forward=forward),
+                f"{self.P} members stacked (a step, estimated: {timing})")
 
     def _loop_reason(self) -> str | None:
         if self.task.train_step is not None and not getattr(self.task.train_step, "phases",

@@ -311,11 +311,14 @@ def test_a_killed_run_resumes_bit_identical_and_best_yaml_replays(tmp_path, caps
                for s in spec["train"]["schedule"].values())
     assert cli.main(["train", str(out / "best.yaml"), "--out", str(tmp_path / "replay")]) == 0
     assert math.isfinite(runs.read_summary(tmp_path / "replay")["best"]["value"])
-    # metaopt report draws the run's figures again from lineage.json
+    # metaopt report draws the run's figures again from lineage.json and writes the same
+    # report.md the command wrote (the outcome table and the best member's ancestry)
+    written = (out / "report.md").read_text()
     (out / "lineage.png").unlink()
     assert cli.main(["report", str(out)]) == 0
     report = (out / "report.md").read_text()
     assert "![Lineage](lineage.png)" in report and "![Hyperparameters](hparams.png)" in report
+    assert report == written and "## The best member's ancestry" in report
     assert (out / "lineage.png").exists()
     # the experiment changed since: one line naming the key, nothing written
     capsys.readouterr()

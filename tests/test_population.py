@@ -201,7 +201,7 @@ def test_auto_for_large_members_times_stacked_against_a_loop_and_members_stay_ex
                                               nn.Linear(220, 3)).double(),
                 base.loss, base.data, base.evaluate, steps=5)
     pop = Population(wide, "adamw", HPARAMS[:2], seeds=[5, 6])
-    assert pop.engine.mode in ("stacked", "loop") and "a step: stacked" in pop.note
+    assert pop.engine.mode in ("stacked", "loop") and "a step, estimated: stacked" in pop.note
     result = pop.run(4)
     for i, h in enumerate(HPARAMS[:2]):
         module, value = _single_run(wide, "adamw", h, [5, 6][i], 4)

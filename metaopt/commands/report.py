@@ -2,7 +2,8 @@
 
 A tune run (``summary.json`` with ``command: tune``) is rendered from its Optuna study by
 :func:`metaopt.search.report.write_report`, a select run from its ``selection.json`` by
-:func:`metaopt.select.report.write_report`; every other run by :func:`metaopt.report.render`.
+:func:`metaopt.select.report.write_report`, a PBT run from its ``lineage.json`` by
+:func:`metaopt.pbt.report.rewrite_report`; every other run by :func:`metaopt.report.render`.
 """
 
 from __future__ import annotations
@@ -25,6 +26,11 @@ def run(args: argparse.Namespace) -> int:
         raise ExperimentError(args.run_dir, "summary.json", "a run directory written by a "
                               "metaopt command")
     command = runs.read_summary(args.run_dir).get("command")
+    if command == "pbt":
+        from metaopt.pbt.report import rewrite_report
+
+        print(f"wrote {rewrite_report(Path(args.run_dir))}")
+        return 0
     if command in ("tune", "select"):
         from metaopt.search.report import write_report as tune_report
         from metaopt.select.report import write_report as select_report

@@ -32,7 +32,7 @@ from typing import Any
 
 import torch
 
-from metaopt import optim, tasks
+from metaopt import tasks
 from metaopt.monitor import progress_bar
 from metaopt.pbt import checkpoint as ckpt
 from metaopt.pbt import policy
@@ -40,6 +40,7 @@ from metaopt.pbt.lineage import Lineage, discovered
 from metaopt.pbt.space import MemberSpace, member_space
 from metaopt.population import MemberResult, Population
 from metaopt.search.space import Space, load_space
+from metaopt.search.study import loop_only
 
 SAMPLE_TRIES = 100  # draws for a member whose schedule values make no valid schedule
 
@@ -196,7 +197,7 @@ class PBT:
     def _build(self, engine: str) -> Population:
         forward = ckpt.forward_rule(self.task, self.seed, self.device) \
             if self.deterministic else "auto"
-        if engine == "auto" and _loop_only(self.space.optimizer):
+        if engine == "auto" and loop_only(self.space.optimizer):
             engine = "loop"
         pop = Population(self.task, self.space.optimizer,
                          [self.space.optimizer_hparams(c) for c in self.configs],
@@ -362,13 +363,6 @@ def explore_move(space: MemberSpace, config: Mapping[str, Any], steps: int,
     if not valid(space, new, steps):
         new.update({k: v for k, v in config.items() if k.startswith("schedule.")})
     return new
-
-
-def _loop_only(optimizer: str) -> bool:
-    """Optimizers a stacked population can't step (closures, a model, no populations)."""
-    cls = optim.lookup(optimizer)
-    return bool(getattr(cls, "needs_closure", False) or getattr(cls, "needs_model", False)
-                or not getattr(cls, "supports_population", True))
 
 
 def _positive(name: str, value: Any) -> int:

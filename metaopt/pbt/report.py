@@ -67,7 +67,8 @@ def write_outputs(directory: Path, result: PBTResult, *, name: str, task: str, s
         best_member=best.member if best else None, replay_seed=best.seed if best else None,
         exploits=result.exploits, diverged=diverged, engine=result.note,
         values=result.values, notes=result.notes, **extra))
-    written.append(write_report(directory, result, figures))
+    written.append(write_report(directory, result.lineage, runs.read_summary(directory),
+                                figures))
     return written
 
 
@@ -118,35 +119,47 @@ def _draw(directory: Path, lineage: Lineage, best: int | None,
     return out
 
 
-def write_report(directory: Path, result: PBTResult,
+def write_report(directory: Path, lineage: Lineage, summary: dict[str, Any],
                  figures: list[tuple[str, Path]]) -> Path:
-    """``report.md``: the outcome, the best member's ancestry and the figures."""
-    best = result.best
-    finite = sorted(v for v in result.values if math.isfinite(v))
+    """``report.md``: the outcome, the best member's ancestry and the figures, from the
+    lineage and ``summary.json``'s record (so ``metaopt report`` writes the same file)."""
+    best = summary.get("best_member")
+    finite = sorted(v for v in summary.get("values", []) if v is not None and math.isfinite(v))
     median = format_value(finite[len(finite) // 2]) if finite else "—"
-    changed = ", ".join(best.schedule) if best is not None and best.schedule else "—"
-    lines = [f"# pbt: {result.lineage.members} members, {result.steps} steps", "",
+    record = summary.get("best", {})
+    schedule = record.get("schedule")
+    changed = ", ".join(schedule) if schedule else "—"
+    lines = [f"# pbt: {lineage.members} members, {summary.get('steps')} steps", "",
              "| | |", "|---|---|",
-             f"| optimizer | {result.space.optimizer} |",
-             f"| best member | {best.member if best else '—'} |",
-             f"| validation loss (best) | {format_value(best.value) if best else '—'} |",
+             f"| optimizer | {summary.get('optimizer', record.get('optimizer'))} |",
+             f"| best member | {best if best is not None else '—'} |",
+             f"| validation loss (best) | "
+             f"{format_value(record.get('value')) if best is not None else '—'} |",
              f"| validation loss (median) | {median} |",
-             f"| starting values | {format_value(best.hparams) if best else '—'} |",
+             f"| starting values | "
+             f"{format_value(record.get('hparams')) if best is not None else '—'} |",
              f"| discovered schedule (piecewise) | {changed} |",
-             f"| exploits | {result.exploits} |",
-             f"| gradient evaluations | {result.evaluations:,} |",
-             f"| engine | {result.note} |"]
-    if result.notes:
-        lines += ["", "## Notes", "", *[f"- {n}" for n in result.notes]]
+             f"| exploits | {summary.get('exploits')} |",
+             f"| gradient evaluations | {summary.get('evaluations', 0):,} |",
+             f"| engine | {summary.get('engine')} |"]
+    if summary.get("notes"):
+        lines += ["", "## Notes", "", *[f"- {n}" for n in summary["notes"]]]
     if best is not None:
         lines += ["", "## The best member's ancestry", "",
                   "| steps | member | validation loss at the end | hyperparameters |",
                   "|---|---|---|---|"]
-        path = result.lineage.ancestry(best.member)
-        for iv, slot in zip(result.lineage.intervals, path):
+        for iv, slot in zip(lineage.intervals, lineage.ancestry(best)):
             lines.append(f"| {iv.start}–{iv.end} | {slot} | {format_value(iv.values[slot])} | "
                          f"{format_value(iv.hparams[slot])} |")
         lines += ["", "`best.yaml` replays it on one model: `metaopt train best.yaml`."]
     for title, file in figures:
         lines += ["", f"## {title}", "", f"![{title}]({Path(file).name})"]
     return runs.write_atomic(directory / "report.md", "\n".join(lines) + "\n")
+
+
+def rewrite_report(directory: str | Path) -> Path:
+    """``metaopt report`` of a PBT run: the figures and ``report.md`` again, from
+    ``lineage.json`` and ``summary.json``."""
+    directory = Path(directory)
+    lineage = Lineage.from_dict(json.loads((directory / LINEAGE).read_text()))
+    return write_report(directory, lineage, runs.read_summary(directory), redraw(directory))
