@@ -160,12 +160,6 @@ class StackedEngine:
             out.append(functional_call(self._loss_module, member, (one,)))
         return torch.stack(out)
 
-    def next_batch(self) -> Any:
-        """Every member's next batch, stacked ``[P, ...]`` (expanded views when all members
-        drew the same rows); see :meth:`draw`."""
-        batch, shared = self.draw()
-        return self._expand(batch) if shared else batch
-
     def draw(self) -> tuple[Any, bool]:
         """(batch, shared): when every member draws rows of the same tensors (the built-in
         datasets), one gather, and, when they all drew the same rows, that one batch with

@@ -35,9 +35,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from metaopt.optim.hyperparams import Hyper, HyperGroup
-from metaopt.optim.lookahead import LookaheadState
 from metaopt.optim.optimizer import MetaOptimizer
 from metaopt.optim.registry import create
+from metaopt.optim.wrapper import Wrapper
 
 LAYERS = (nn.Linear, nn.Conv2d)
 FISHERS = ("empirical", "sampled")
@@ -82,7 +82,7 @@ def sampled_loss(output: Tensor, likelihood: str) -> Tensor:
     return 0.5 * (output - targets).pow(2).sum() / n
 
 
-class LayerPreconditioner(torch.optim.Optimizer):
+class LayerPreconditioner(Wrapper):
     """The wrapper (see the module docstring). Subclasses set ``HYPERS`` (tensor
     hyperparameters added to the wrapped optimizer's groups) and ``state_key`` (the name of
     their per-layer state in ``state_dict``), and implement :meth:`precondition`."""
@@ -131,25 +131,10 @@ class LayerPreconditioner(torch.optim.Optimizer):
                 self._hooks.append(model.register_forward_pre_hook(self._input_hook))
 
     # -- the wrapped optimizer's groups and state ----------------------------------------
-    @property
-    def param_groups(self) -> list[HyperGroup]:
-        return self.optimizer.param_groups
-
-    @param_groups.setter
-    def param_groups(self, value) -> None:  # torch's __init__ assigns []: the inner's stay
-        pass
-
-    @property
-    def state(self) -> LookaheadState:
-        """Per parameter, the wrapped optimizer's state, and for a layer's weight its
-        curvature state too (read as one mapping)."""
+    def own_state(self) -> dict[Tensor, dict[str, Tensor]]:
+        """For a layer's weight, its curvature state."""
         params = self._params()
-        return LookaheadState(self.optimizer.state,
-                              {params[i]: s for i, s in self.curvature.items()})
-
-    @state.setter
-    def state(self, value) -> None:
-        pass
+        return {params[i]: s for i, s in self.curvature.items()}
 
     def add_param_group(self, param_group: dict[str, Any]) -> None:
         inner = self.optimizer.param_groups
@@ -164,16 +149,6 @@ class LayerPreconditioner(torch.optim.Optimizer):
                 raise ValueError(f"{type(self).__name__}: the {self.base} optimizer already "
                                  f"has a {h.key!r}")
             group.add_hyper(h, given.get(h.key, self.defaults[h.key]))
-
-    @property
-    def hparams(self) -> list[dict[str, Tensor | None]]:
-        return self.optimizer.hparams
-
-    def zero_grad(self, set_to_none: bool = True) -> None:
-        self.optimizer.zero_grad(set_to_none)
-
-    def _params(self) -> list[Tensor]:
-        return [p for g in self.param_groups for p in g["params"]]
 
     def _index(self, param: Tensor) -> int | None:
         for i, p in enumerate(self._params()):

@@ -16,7 +16,6 @@ show in ``state[p]``, ``state_dict()``, ``reset_member`` and ``copy_member``.
 from __future__ import annotations
 
 import inspect
-from collections import ChainMap
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -24,10 +23,11 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from metaopt.optim.hyperparams import Hyper, HyperGroup
+from metaopt.optim.hyperparams import Hyper
 from metaopt.optim.members import new_step, per_member
 from metaopt.optim.optimizer import MetaOptimizer, State
 from metaopt.optim.registry import create, lookup
+from metaopt.optim.wrapper import Wrapper
 
 KEYS = ("lookahead_k", "lookahead_alpha")
 
@@ -61,29 +61,7 @@ def sync(params: list[Tensor], states: list[State], hp: Mapping[str, Tensor]) ->
         p.lerp_(slow, per_member(due, p))  # p = slow when due (lerp weight 1 copies exactly)
 
 
-class LookaheadState(Mapping):
-    """``optimizer.state`` of a Lookahead: per parameter, the inner optimizer's state and the
-    slow weights side by side (read as one dict; the two are stored apart so the inner
-    optimizer's flat buffers never see foreign keys)."""
-
-    def __init__(self, inner: Mapping, slow: dict[Tensor, State]) -> None:
-        self.inner, self.slow = inner, slow
-
-    def __getitem__(self, param: Tensor) -> Mapping[str, Any]:
-        inner, slow = self.inner.get(param), self.slow.get(param)
-        if inner is None and slow is None:
-            raise KeyError(param)
-        return ChainMap(slow or {}, inner or {})
-
-    def __iter__(self):
-        yield from self.inner
-        yield from (p for p in self.slow if p not in self.inner)
-
-    def __len__(self) -> int:
-        return sum(1 for _ in self)
-
-
-class Lookahead(torch.optim.Optimizer):
+class Lookahead(Wrapper):
     """``Lookahead(optimizer, k=5, alpha=0.5)`` around a :class:`MetaOptimizer`.
 
     ``param_groups`` are the inner optimizer's (schedules and ``hparams`` reach both the inner
@@ -104,21 +82,8 @@ class Lookahead(torch.optim.Optimizer):
                          dict(optimizer.defaults, lookahead_k=k, lookahead_alpha=alpha))
 
     # -- the inner optimizer's groups and state ----------------------------------------
-    @property
-    def param_groups(self) -> list[HyperGroup]:
-        return self.optimizer.param_groups
-
-    @param_groups.setter
-    def param_groups(self, value) -> None:  # torch's __init__ assigns []: the inner's stay
-        pass
-
-    @property
-    def state(self) -> LookaheadState:
-        return LookaheadState(self.optimizer.state, self.slow)
-
-    @state.setter
-    def state(self, value) -> None:  # torch's __init__ assigns an empty dict: ignore it
-        pass
+    def own_state(self) -> dict[Tensor, State]:
+        return self.slow
 
     def add_param_group(self, param_group: dict[str, Any]) -> None:
         """Add a group to the inner optimizer (``lookahead_k``/``lookahead_alpha`` may be
@@ -135,10 +100,6 @@ class Lookahead(torch.optim.Optimizer):
             raise ValueError("Lookahead: this optimizer is already wrapped in a Lookahead")
         for h in HYPERS:
             group.add_hyper(h, given.get(h.key, self.defaults[h.key]))
-
-    @property
-    def hparams(self) -> list[dict[str, Tensor | None]]:
-        return self.optimizer.hparams
 
     @property
     def transforms(self) -> list:
@@ -177,9 +138,6 @@ class Lookahead(torch.optim.Optimizer):
                 sync(params, [self.slow[p] for p in params], group.hparams)
         return loss
 
-    def zero_grad(self, set_to_none: bool = True) -> None:
-        self.optimizer.zero_grad(set_to_none)
-
     # -- populations --------------------------------------------------------------------
     @torch.no_grad()
     def reset_member(self, i: int) -> None:
@@ -203,9 +161,6 @@ class Lookahead(torch.optim.Optimizer):
                     value[dst] = value[src]
 
     # -- checkpoints --------------------------------------------------------------------
-    def _params(self) -> list[Tensor]:
-        return [p for g in self.param_groups for p in g["params"]]
-
     def state_dict(self) -> dict[str, Any]:
         """The inner optimizer's state dict (k and alpha are in its param groups) plus
         ``"lookahead"``: the slow weights and step counts by parameter index."""
