@@ -133,7 +133,9 @@ def test_a_killed_study_resumes_with_the_same_command(tmp_path):
 
 @pytest.mark.parametrize("storage", ["sqlite", "journal"])
 def test_two_workers_finish_one_study(tmp_path, storage):
-    text = TUNE.replace("trials: 12", "trials: 24")
+    # enough work that the second worker (a new process: ~3 s of imports) joins before the
+    # first has finished the study alone
+    text = TUNE.replace("trials: 12", "trials: 48").replace("steps: 20\n", "steps: 200\n")
     if storage == "journal":
         text = text.replace("seed: 0\n", "seed: 0\nstorage: journal\n")
     run = tune(write(tmp_path, text), "--out", tmp_path / "run", "--workers", 2)
@@ -142,18 +144,18 @@ def test_two_workers_finish_one_study(tmp_path, storage):
     from metaopt.search.storage import load_study
 
     study = load_study(tmp_path / "run")
-    assert len(finished(study)) == 24
+    assert len(finished(study)) == 48
     workers = {t.user_attrs["config"]["worker"].split(":")[1] for t in study.trials}
     assert len(workers) == 2
 
 
 def test_two_workers_share_a_study_on_postgresql(tmp_path, postgres_url):
-    text = TUNE.replace("trials: 12", "trials: 24").replace(
+    text = TUNE.replace("trials: 12", "trials: 48").replace("steps: 20\n", "steps: 200\n").replace(
         "name: tiny-tune", "name: tiny-tune-pg").replace("seed: 0\n",
                                                          f"seed: 0\nstorage: {postgres_url}\n")
     run = tune(write(tmp_path, text), "--out", tmp_path / "run", "--workers", 2)
     assert run.returncode == 0, run.stderr
     study = optuna.load_study(study_name="tiny-tune-pg", storage=postgres_url)
-    assert len(finished(study)) == 24
+    assert len(finished(study)) == 48  # (sized as in test_two_workers_finish_one_study)
     assert len({t.user_attrs["config"]["worker"].split(":")[1] for t in study.trials}) == 2
     optuna.delete_study(study_name="tiny-tune-pg", storage=postgres_url)
