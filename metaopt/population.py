@@ -139,7 +139,7 @@ class Population:
         one = LoopEngine(self.task, self.make_optimizer, self.hparams[:1], self.seeds[:1],
                          device)
         choice, forward, seconds = population_trial.fastest(few, one, self.P)
-        timing = ", ".join(f"{k} {v * 1e3:.0f} ms" for k, v in seconds.items())
+        timing = ", ".join(f"{way} {s * 1e3:.0f} ms" for way, s in seconds.items())
         if choice == "loop":
             return (LoopEngine(self.task, self.make_optimizer, self.hparams, self.seeds, device),
                     f"member-by-member loop: faster than stacking these large members "
